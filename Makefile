@@ -1,0 +1,40 @@
+# reenact: `make demo` animates the bundled example; `make test` runs the test suite.
+# Both create .venv and install what they need first (apt packages too, when run as root).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup system-deps bench clean
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip" "setuptools<81" wheel
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# The ffmpeg CLI is only used by tests that make odd media (rotation, 10-bit, VFR);
+# reenact itself uses PyAV, which bundles FFmpeg's libraries.
+system-deps:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
+	      || echo "note: could not install ffmpeg; tests that need the ffmpeg CLI will be skipped"; \
+	  else echo "note: ffmpeg CLI not found; tests that need it will be skipped"; fi; }
+
+demo: $(STAMP)
+	$(VENV)/bin/reenact animate examples/portrait.jpg examples/driver.mp4 -o demo.mp4
+	$(VENV)/bin/reenact evaluate face demo.mp4 --source examples/portrait.jpg --driver examples/driver.mp4
+	@echo "wrote demo.mp4"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/animate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info demo.mp4 demo.json

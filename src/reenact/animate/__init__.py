@@ -1,0 +1,1 @@
+"""Motion backends: animate a source face crop with a driver's motion."""

@@ -1,0 +1,1 @@
+"""Face detection, landmarks, tracking, crop and paste back."""

@@ -1,0 +1,1 @@
+"""Streaming media I/O on PyAV."""

@@ -1,0 +1,294 @@
+"""Streaming video decode and H.264 encode on PyAV.
+
+`probe` reads a file's header and says clearly what is wrong with it;
+`iter_frames` yields RGB frames one at a time at a constant frame rate
+(variable-frame-rate input is resampled by timestamp, rotation metadata is
+applied, 10-bit input is converted to 8-bit RGB); `VideoWriter` encodes H.264
+(yuv420p, even dimensions) into a temporary file and renames it into place
+only when the whole file is written, muxing an audio track if asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from reenact.errors import ReenactError
+
+log = logging.getLogger(__name__)
+
+# Container formats that hold a still image rather than a video.
+_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe",
+                  "gif", "gif_pipe", "jpegxl_pipe", "qoi_pipe", "pam_pipe", "ppm_pipe"}
+_IMAGE_CODECS = {"png", "mjpeg", "bmp", "tiff", "webp", "jpegxl", "gif"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file holds, as far as its header and a first frame say."""
+
+    path: Path
+    width: int  # displayed width, after rotation
+    height: int  # displayed height, after rotation
+    fps: Fraction  # the constant rate frames are delivered at
+    frame_count: int  # estimate from the header; decoding may give a few fewer
+    duration: float  # seconds (container duration; 0.0 when unknown)
+    rotation: int  # degrees counter-clockwise stored in the display matrix
+    codec: str
+    pix_fmt: str
+    has_audio: bool
+
+
+def open_container(path: str | Path) -> av.container.InputContainer:
+    """Open a media file, turning FFmpeg's errors into one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise ReenactError("file not found", path)
+    if path.is_dir():
+        raise ReenactError("is a folder, expected a media file", path)
+    if path.stat().st_size == 0:
+        raise ReenactError("file is empty", path)
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise ReenactError(f"cannot be read as audio or video ({_short(exc)})", path) from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # PyAV messages look like "[Errno 1094995529] Invalid data found when processing input: 'x'"
+    if "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(": '")[0]
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Describe a video file or raise `ReenactError` naming the problem."""
+    path = Path(path)
+    with open_container(path) as container:
+        if container.format.name in _IMAGE_FORMATS:
+            raise ReenactError("is a still image, not a video; give a video as driver", path)
+        if not container.streams.video:
+            kind = "an audio-only file" if container.streams.audio else "a file with no video stream"
+            raise ReenactError(f"has no video stream ({kind}); give a video", path)
+        stream = container.streams.video[0]
+        if stream.codec_context.name in _IMAGE_CODECS and (stream.frames or 0) <= 1:
+            raise ReenactError("is a still image, not a video; give a video as driver", path)
+        fps = _frame_rate(stream)
+        duration = float(container.duration / av.time_base) if container.duration else 0.0
+        count = stream.frames or int(round(duration * fps)) if (stream.frames or duration) else 0
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            raise ReenactError(f"video stream cannot be decoded ({_short(exc)})", path) from None
+        if first is None:
+            raise ReenactError("video has no frames", path)
+        rotation = _rotation(first)
+        w, h = first.width, first.height
+        if rotation % 180:
+            w, h = h, w
+        return VideoInfo(
+            path=path, width=w, height=h, fps=fps, frame_count=max(int(count), 1),
+            duration=duration, rotation=rotation, codec=stream.codec_context.name,
+            pix_fmt=str(first.format.name), has_audio=bool(container.streams.audio),
+        )
+
+
+def _frame_rate(stream: av.video.stream.VideoStream) -> Fraction:
+    for rate in (stream.guessed_rate, stream.average_rate, stream.base_rate):
+        if rate and 0 < float(rate) <= 240:
+            return Fraction(rate).limit_denominator(1001 * 1000)
+    return Fraction(25)
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    try:
+        return int(round(frame.rotation)) % 360
+    except (AttributeError, TypeError):
+        return 0
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    image = frame.to_ndarray(format="rgb24")
+    rotation = _rotation(frame)
+    if rotation:
+        # The display matrix stores a counter-clockwise angle; np.rot90 turns counter-clockwise.
+        image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
+    return image
+
+
+def iter_frames(path: str | Path, fps: Fraction | None = None) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames (H, W, 3) at a constant rate, one at a time.
+
+    Frames are placed on a grid of 1/fps by their timestamps: a gap repeats the
+    previous frame, two frames on one slot keep the first. For constant-rate
+    input this yields exactly the decoded frames.
+    """
+    path = Path(path)
+    with open_container(path) as container:
+        if not container.streams.video:
+            raise ReenactError("has no video stream; give a video", path)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = fps or _frame_rate(stream)
+        tb = stream.time_base
+        max_gap = int(10 * rate) + 1  # longer gaps are timestamp jumps, not dropped frames
+        start = None
+        next_index = 0
+        previous: np.ndarray | None = None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None or tb is None:
+                    index = next_index
+                else:
+                    if start is None:
+                        start = frame.pts
+                    index = int(round(float((frame.pts - start) * tb * rate)))
+                if index < next_index:
+                    continue  # a second frame on one slot of the grid
+                gap = index - next_index
+                if gap > max_gap:  # re-anchor the grid after a timestamp jump
+                    start += int(round(gap / (rate * tb)))
+                    gap = 0
+                if previous is not None:
+                    for _ in range(gap):
+                        yield previous
+                image = _to_rgb(frame)
+                yield image
+                previous = image
+                next_index += gap + 1
+        except av.error.FFmpegError as exc:
+            if previous is None:
+                raise ReenactError(f"video stream cannot be decoded ({_short(exc)})", path) from None
+            log.warning("%s: decoding stopped early after %d frames (%s)", path, next_index, _short(exc))
+
+
+def count_frames(path: str | Path) -> int:
+    """Number of frames `iter_frames` yields (decodes the whole file)."""
+    return sum(1 for _ in iter_frames(path))
+
+
+def temporary_path(path: Path) -> Path:
+    """A sibling path for writing `path` atomically (same folder, so rename is atomic)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Refuse an output path whose folder is missing or which is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ReenactError("is a folder; give an output file name such as out.mp4", path)
+    if not path.parent.exists():
+        raise ReenactError(f"output folder {path.parent} does not exist; create it first", path)
+    if not os.access(path.parent, os.W_OK):
+        raise ReenactError(f"output folder {path.parent} is not writable", path)
+    return path
+
+
+class VideoWriter:
+    """Encode RGB frames to H.264 MP4, written atomically.
+
+    Frames go to a temporary file beside `path`; `close()` muxes the audio (if
+    any) and renames the result into place. On error, or `abort()`, nothing is
+    left behind. Odd frame sizes are padded by one edge pixel to even.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: Fraction | float,
+        crf: int = 18,
+        preset: str = "veryfast",
+        metadata: dict[str, str] | None = None,
+        threads: int = 0,
+    ) -> None:
+        self.path = check_output_path(path)
+        self.fps = Fraction(fps).limit_denominator(1001 * 1000)
+        self.crf = crf
+        self.preset = preset
+        self.metadata = dict(metadata or {})
+        self.threads = threads
+        self.frames_written = 0
+        self._tmp = temporary_path(self.path)
+        self._container: av.container.OutputContainer | None = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _open(self, width: int, height: int) -> None:
+        self._size = (width + width % 2, height + height % 2)
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        stream = self._container.add_stream("libx264", rate=self.fps)
+        stream.width, stream.height = self._size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1) / self.fps
+        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        stream.thread_count = self.threads
+        self._stream = stream
+
+    def write(self, image: np.ndarray) -> None:
+        """Append one RGB uint8 frame (H, W, 3)."""
+        if self._container is None:
+            self._open(image.shape[1], image.shape[0])
+        w, h = self._size
+        if image.shape[1] != w or image.shape[0] != h:
+            image = np.pad(image, ((0, h - image.shape[0]), (0, w - image.shape[1]), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = self.frames_written
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self, audio: "AudioSource | None" = None) -> Path:
+        """Finish the video, mux `audio` if given, and move the file into place."""
+        from reenact.media.audio import mux_audio  # local: audio imports this module
+
+        if self._container is None:
+            self.abort()
+            raise ReenactError("no frames were produced; nothing written", self.path)
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+            if audio is not None or self.metadata:
+                muxed = self._tmp.with_name(self._tmp.name.replace(".partial", ".muxed"))
+                try:
+                    mux_audio(self._tmp, audio, muxed, metadata=self.metadata)
+                    os.replace(muxed, self._tmp)
+                finally:
+                    muxed.unlink(missing_ok=True)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the file is being discarded anyway
+                pass
+            self._container = None
+        self._tmp.unlink(missing_ok=True)
+
+
+# Imported at the end for the type name used in VideoWriter.close's signature.
+from reenact.media.audio import AudioSource  # noqa: E402

@@ -1,0 +1,253 @@
+"""The animation job: portrait + driver video -> MP4 with the driver's sound.
+
+Two passes over the driver keep memory constant whatever its length:
+1. track: decode each frame, follow the face (landmarks per frame, a few
+   hundred bytes each), then bridge gaps, smooth, choose the reference frame
+   and a steady crop box;
+2. render: decode again, crop each frame around the face, let the motion
+   backend animate the source crop in batches, paste the result back into
+   the full portrait and encode it; finally mux the driver's audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from reenact.animate.base import Backend, DriverFrame, SourceFace, create_backend
+from reenact.errors import ReenactError
+from reenact.face import pose
+from reenact.face.align import Crop, CropConfig, PasteBack, face_box
+from reenact.face.detect import FaceDetector, Track, TrackConfig, choose_face, smooth_boxes, track
+from reenact.media.audio import Audio
+from reenact.media.video import VideoInfo, VideoWriter, check_output_path, iter_frames, probe
+
+log = logging.getLogger(__name__)
+
+# progress(stage, done, total): called as work advances; total 0 when unknown.
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class AnimateConfig:
+    """Settings of `reenact animate`."""
+
+    backend: str = "landmark"
+    size: int = 256  # crop size the backend works at
+    reference: str = "auto"  # "first", "auto" (closest pose to the source) or a frame number
+    face_index: int = 0  # which face in source and driver (0 = largest)
+    paste_back: bool = True  # False writes the animated crop alone
+    crf: int = 18
+    preset: str = "veryfast"
+    max_side: int = 1280  # larger portraits are scaled down to this long side
+    batch: int = 8  # driver frames per backend call
+    backend_options: dict = field(default_factory=dict)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    crop_smooth_seconds: float = 1.0  # the driver's crop box follows the head this slowly
+
+
+@dataclass
+class AnimateResult:
+    """What a run made, for reports and benchmarks."""
+
+    output: Path
+    frames: int
+    fps: Fraction
+    size: tuple[int, int]
+    reference_index: int
+    missing_frames: int
+    audio: bool
+    timings: dict[str, float]  # seconds per stage
+
+    @property
+    def duration(self) -> float:
+        return self.frames / float(self.fps)
+
+
+@dataclass
+class Source:
+    """The portrait, prepared: (scaled) full image, crop, and face crop for the backend."""
+
+    image: np.ndarray
+    crop: Crop
+    face: SourceFace
+    landmarks: np.ndarray  # full-image coordinates
+
+
+def load_image(path: str | Path, max_side: int = 0) -> np.ndarray:
+    """Read an image as RGB uint8, scaled down so its long side is at most `max_side`."""
+    path = Path(path)
+    if not path.exists():
+        raise ReenactError("file not found", path)
+    if path.is_dir():
+        raise ReenactError("is a folder, expected an image", path)
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ReenactError("cannot be read as an image (expected JPEG, PNG, WebP, BMP or TIFF)", path)
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    h, w = image.shape[:2]
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        image = cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    return image
+
+
+def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConfig) -> Source:
+    """Load the portrait, find the face, and cut the square crop the backend animates."""
+    image = load_image(path, config.max_side)
+    h, w = image.shape[:2]
+    if h % 2 or w % 2:  # H.264 yuv420p wants even sizes; drop one edge row/column
+        image = np.ascontiguousarray(image[: h - h % 2, : w - w % 2])
+    faces = detector.detect(image, upsample=1)
+    face = choose_face(faces, config.face_index, Path(path))
+    crop = Crop.from_box(face_box(face.landmarks, config.crop), config.size)
+    landmarks = crop.to_crop(face.landmarks)
+    return Source(image=image, crop=crop, face=SourceFace(crop.apply(image), landmarks), landmarks=face.landmarks)
+
+
+def choose_reference(mode: str, driver: Track, source_landmarks: np.ndarray) -> int:
+    """The driver frame motion is measured from."""
+    if mode == "first":
+        return 0
+    if mode == "auto":
+        return pose.closest_pose(driver.landmarks, source_landmarks)
+    try:
+        index = int(mode)
+    except ValueError:
+        raise ReenactError(f"--reference must be first, auto or a frame number, not {mode!r}") from None
+    if not 0 <= index < driver.n_frames:
+        raise ReenactError(f"--reference {index} is outside the driver's {driver.n_frames} frames")
+    return index
+
+
+class _Clock:
+    """Accumulates wall time per stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def timed(self, stage: str, iterator: Iterator) -> Iterator:
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self.seconds[stage] += time.perf_counter() - t
+                return
+            self.seconds[stage] += time.perf_counter() - t
+            yield item
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        return now
+
+
+def animate(
+    source_path: str | Path,
+    driver_path: str | Path,
+    output: str | Path,
+    config: AnimateConfig | None = None,
+    audio: Audio | None = None,
+    progress: ProgressFn | None = None,
+    backend: Backend | None = None,
+) -> AnimateResult:
+    """Animate the portrait at `source_path` with the driver video; write an MP4.
+
+    The driver's own audio track is muxed unless `audio` (e.g. converted
+    speech) is given. Nothing is written at `output` unless the run succeeds.
+    """
+    config = config or AnimateConfig()
+    source_path, driver_path = Path(source_path), Path(driver_path)
+    output = check_output_path(output)
+    if output.resolve() in (source_path.resolve(), driver_path.resolve()):
+        raise ReenactError("output would overwrite an input; choose another file name", output)
+    clock = _Clock()
+    report = progress or (lambda stage, done, total: None)
+    t = time.perf_counter()
+
+    info = probe(driver_path)
+    detector = FaceDetector()
+    source = prepare_source(source_path, detector, config)
+    backend = backend or create_backend(config.backend, size=config.size, **config.backend_options)
+    t = clock.add("setup", t)
+
+    # Pass 1: follow the face through the driver.
+    frames = clock.timed("decode", iter_frames(driver_path, info.fps))
+    t0 = time.perf_counter()
+    driver = track(frames, detector, config.track, config.face_index, float(info.fps), driver_path,
+                   on_frame=lambda i: report("track", i + 1, info.frame_count))
+    clock.seconds["track"] += time.perf_counter() - t0 - clock.seconds["decode"]
+    if driver.n_missing:
+        log.warning("%s: no face in %d of %d frames; bridged from neighbouring frames",
+                    driver_path, driver.n_missing, driver.n_frames)
+    boxes = smooth_boxes(face_box(driver.landmarks, config.crop), float(info.fps), config.crop_smooth_seconds)
+    crops = [Crop.from_box(b, config.size) for b in boxes]
+    ref = choose_reference(config.reference, driver, source.landmarks)
+    log.info("reference frame: %d (%s)", ref, config.reference)
+
+    def driver_frame(i: int, image: np.ndarray | None) -> DriverFrame:
+        return DriverFrame(index=i, landmarks=crops[i].to_crop(driver.landmarks[i]),
+                           image=crops[i].apply(image) if image is not None else None,
+                           found=bool(driver.found[i]))
+
+    t = time.perf_counter()
+    reference_image = None
+    if backend.needs_driver_images:
+        reference_image = next(x for i, x in enumerate(iter_frames(driver_path, info.fps)) if i == ref)
+    backend.prepare(source.face, driver_frame(ref, reference_image))
+    paste = PasteBack(source.image, source.crop, source.face.landmarks) if config.paste_back else None
+    t = clock.add("setup", t)
+
+    # Pass 2: render.
+    n = driver.n_frames
+    if backend.needs_driver_images:
+        images: Iterator[np.ndarray | None] = clock.timed("decode", iter_frames(driver_path, info.fps))
+    else:
+        images = iter([None] * n)
+    writer = VideoWriter(output, info.fps, crf=config.crf, preset=config.preset)
+    try:
+        batch: list[DriverFrame] = []
+        done = 0
+        for i, image in zip(range(n), images):
+            t = time.perf_counter()
+            batch.append(driver_frame(i, image))
+            t = clock.add("crop", t)
+            if len(batch) == config.batch or i == n - 1:
+                animated = backend.animate(batch)
+                t = clock.add("animate", t)
+                for crop in animated:
+                    frame = paste(crop) if paste is not None else crop
+                    t = clock.add("paste", t)
+                    writer.write(frame)
+                    t = clock.add("encode", t)
+                done += len(batch)
+                batch = []
+                report("render", done, n)
+        if writer.frames_written < n:  # the second decode gave fewer frames: hold the last one
+            log.warning("%s: second decode gave %d of %d frames", driver_path, writer.frames_written, n)
+        t = time.perf_counter()
+        mux = audio if audio is not None else (driver_path if info.has_audio else None)
+        writer.close(audio=mux)
+        clock.add("mux", t)
+    except BaseException:
+        writer.abort()
+        raise
+    size = (source.image.shape[1], source.image.shape[0]) if paste is not None else (config.size, config.size)
+    return AnimateResult(output=output, frames=writer.frames_written, fps=info.fps, size=size,
+                         reference_index=ref, missing_frames=driver.n_missing, audio=mux is not None,
+                         timings=dict(clock.seconds))
+
+
+def describe(info: VideoInfo) -> str:
+    return f"{info.width}x{info.height}, {float(info.fps):.3g} fps, {info.frame_count} frames"

@@ -57,6 +57,8 @@ def open_container(path: str | Path) -> av.container.InputContainer:
         raise ReenactError("file is empty", path)
     try:
         return av.open(str(path))
+    except av.error.EOFError:
+        raise ReenactError("has no frames: the file ends before its first frame (truncated?)", path) from None
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise ReenactError(f"cannot be read as audio or video ({_short(exc)})", path) from None
 

@@ -26,8 +26,8 @@ system-deps:
 	  else echo "note: ffmpeg CLI not found; tests that need it will be skipped"; fi; }
 
 demo: $(STAMP)
-	$(VENV)/bin/reenact animate examples/portrait.jpg examples/driver.mp4 -o demo.mp4
-	$(VENV)/bin/reenact evaluate face demo.mp4 --source examples/portrait.jpg --driver examples/driver.mp4
+	$(VENV)/bin/reenact animate examples/portrait.png examples/driver.mp4 -o demo.mp4
+	$(VENV)/bin/reenact evaluate face demo.mp4 --source examples/portrait.png --driver examples/driver.mp4
 	@echo "wrote demo.mp4"
 
 test: $(STAMP)

@@ -109,7 +109,10 @@ def face_mask(landmarks: np.ndarray, size: int, grow: float = 0.25, feather: flo
     mask[-border:] = 0
     mask[:, :border] = 0
     mask[:, -border:] = 0
-    return cv2.GaussianBlur(mask, (0, 0), sigma)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+    edge = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)
+    ramp = np.clip(edge / border, 0, 1)
+    return mask * ramp[:, None] * ramp[None, :]  # exactly zero on the crop's edge
 
 
 class PasteBack:

@@ -1,0 +1,244 @@
+"""Face measures of an animated video: identity, motion fidelity, jitter, lost faces.
+
+`evaluate_face` follows the face through the output and through the driver
+with the same tracker the pipeline uses, and compares:
+
+- identity: dlib's 128-d embedding of the source face against output frames
+  sampled evenly (median and 90th percentile distance; 0.6 is dlib's
+  same-person threshold);
+- motion: each video's landmarks relative to its own first frame, in units of
+  its own face size (eye-centre distance), so the portrait's size and place in
+  the frame do not matter: mean landmark error, and Pearson correlations of
+  mouth opening, eye opening and head yaw/pitch proxies, frame by frame;
+- jitter: mean landmark acceleration |x[t+1] - 2x[t] + x[t-1]| per frame in
+  face-size units, for output and driver alike, so they can be compared;
+- frames of the output where no face was found.
+
+Landmarks are the tracker's unsmoothed ones (`Track.raw`), so smoothing in the
+evaluator does not hide jitter in the output.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from reenact.errors import ReenactError
+from reenact.face import pose
+from reenact.face.detect import Face, FaceDetector, FaceEmbedder, Track, TrackConfig, choose_face, track
+from reenact.media.video import iter_frames, probe
+
+log = logging.getLogger(__name__)
+
+SAME_PERSON = 0.6  # dlib's threshold on embedding distance
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# ---------------------------------------------------------------- measures on landmark arrays
+
+def face_size(landmarks: np.ndarray, found: np.ndarray | None = None) -> float:
+    """Median eye-centre distance over the frames where a face was found."""
+    scale = pose.face_scale(landmarks if found is None or not found.any() else landmarks[found])
+    return float(max(np.median(scale), 1e-6))
+
+
+def relative_motion(landmarks: np.ndarray, found: np.ndarray | None = None) -> np.ndarray:
+    """(N, 68, 2) landmarks minus the first frame's, in units of face size."""
+    return (landmarks - landmarks[:1]) / face_size(landmarks, found)
+
+
+def landmark_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Euclidean distance between corresponding points of two (N, 68, 2) arrays."""
+    return float(np.linalg.norm(a - b, axis=-1).mean())
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation, or None when either series is (nearly) constant or too short."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 3:
+        return None
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    if den < 1e-12:
+        return None
+    return float(np.clip((a * b).sum() / den, -1.0, 1.0))
+
+
+def jitter(landmarks: np.ndarray, found: np.ndarray | None = None) -> float | None:
+    """Mean landmark acceleration magnitude per frame, in units of face size.
+
+    Only frame triples where all three frames had a detected face count, so
+    bridged (interpolated) gaps neither add nor hide jitter.
+    """
+    if len(landmarks) < 3:
+        return None
+    acc = np.linalg.norm(landmarks[2:] - 2 * landmarks[1:-1] + landmarks[:-2], axis=-1).mean(axis=-1)
+    if found is not None:
+        ok = found[2:] & found[1:-1] & found[:-2]
+        if not ok.any():
+            return None
+        acc = acc[ok]
+    return float(acc.mean() / face_size(landmarks, found))
+
+
+PROXIES = {"mouth": pose.mouth_opening, "eyes": pose.eye_opening, "yaw": pose.yaw, "pitch": pose.pitch}
+
+
+def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.ndarray | None = None,
+                    driver_found: np.ndarray | None = None) -> dict:
+    """Compare two frame-aligned landmark tracks of equal length (N, 68, 2).
+
+    `landmark_error` is the mean distance between the relative motions;
+    `static_error` is what an output that did not move at all would score
+    (the driver's own mean relative motion), for scale.
+    """
+    a, b = relative_motion(output, output_found), relative_motion(driver, driver_found)
+    return {
+        "landmark_error": landmark_error(a, b),
+        "static_error": landmark_error(np.zeros_like(b), b),
+        "correlation": {name: pearson(fn(output), fn(driver)) for name, fn in PROXIES.items()},
+    }
+
+
+def identity_stats(distances: np.ndarray) -> dict:
+    """Summary of embedding distances between the source and output frames."""
+    d = np.asarray(distances, np.float64)
+    if d.size == 0:
+        return {"median": None, "p90": None, "under_threshold": None, "threshold": SAME_PERSON, "samples": 0}
+    return {"median": float(np.median(d)), "p90": float(np.percentile(d, 90)),
+            "under_threshold": float((d < SAME_PERSON).mean()), "threshold": SAME_PERSON, "samples": int(d.size)}
+
+
+def sample_indices(candidates: np.ndarray, k: int) -> np.ndarray:
+    """Up to `k` entries of `candidates`, spread evenly from first to last."""
+    if len(candidates) <= k:
+        return np.asarray(candidates)
+    return np.asarray(candidates)[np.round(np.linspace(0, len(candidates) - 1, k)).astype(int)]
+
+
+def _landmark_face(lm: np.ndarray) -> Face:
+    box = np.array([lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()], np.float32)
+    return Face(box=box, landmarks=lm)
+
+
+# ---------------------------------------------------------------- the evaluation
+
+def _track_video(path: Path, detector: FaceDetector, config: TrackConfig, face_index: int, stage: str,
+                 report: ProgressFn) -> Track | None:
+    """Track the face through a video; None when no frame has a face."""
+    info = probe(path)
+    try:
+        return track(iter_frames(path, info.fps), detector, config, face_index, float(info.fps), path,
+                     on_frame=lambda i: report(stage, i + 1, info.frame_count))
+    except ReenactError as exc:
+        if "no face found" in exc.message:
+            return None
+        raise
+
+
+def evaluate_face(
+    video: Path,
+    source: Path,
+    driver: Path,
+    identity_samples: int = 32,
+    progress: ProgressFn | None = None,
+    face_index: int = 0,
+) -> dict:
+    """Identity, motion fidelity, jitter and lost faces of `video` (made from `source` and `driver`).
+
+    Returns a JSON-serialisable dict; measures that cannot be computed are None.
+    """
+    from reenact.pipeline import load_image
+
+    video, source, driver = Path(video), Path(source), Path(driver)
+    report = progress or (lambda stage, done, total: None)
+    detector = FaceDetector()
+    config = TrackConfig(detect_max_side=640)  # outputs are whole portraits: faces may be small
+
+    image = load_image(source)
+    face = choose_face(detector.detect(image, upsample=1), face_index, source)
+    embedder = FaceEmbedder()
+    source_embedding = embedder.embed(image, face)
+
+    out = _track_video(video, detector, config, face_index, "track output", report)
+    drv = _track_video(driver, detector, config, face_index, "track driver", report)
+    if drv is None:
+        raise ReenactError("no face found in any frame of the driver video", driver)
+    if out is None:
+        n = sum(1 for _ in iter_frames(video))
+        log.warning("%s: no face found in any frame", video)
+        return {"video": str(video), "source": str(source), "driver": str(driver), "frames": n,
+                "frames_output": n, "frames_driver": drv.n_frames, "no_face_frames": n,
+                "driver_no_face_frames": drv.n_missing, "identity": identity_stats(np.empty(0)),
+                "motion": None, "jitter": {"output": None, "driver": jitter(drv.raw, drv.found), "ratio": None}}
+
+    # Identity: the source against output frames with a detected face, spread evenly.
+    chosen = set(sample_indices(np.flatnonzero(out.found), identity_samples).tolist())
+    distances = []
+    for i, frame in enumerate(iter_frames(video)):
+        if i in chosen:
+            e = embedder.embed(frame, _landmark_face(out.raw[i]))
+            distances.append(float(np.linalg.norm(e - source_embedding)))
+            report("identity", len(distances), len(chosen))
+            if len(distances) == len(chosen):
+                break
+
+    # Motion: frame-aligned, the longer one truncated.
+    n = min(out.n_frames, drv.n_frames)
+    if abs(out.n_frames - drv.n_frames) > 1:
+        log.warning("%s has %d frames, the driver %d; comparing the first %d",
+                    video, out.n_frames, drv.n_frames, n)
+    motion = motion_measures(out.raw[:n], drv.raw[:n], out.found[:n], drv.found[:n])
+    j_out, j_drv = jitter(out.raw, out.found), jitter(drv.raw, drv.found)
+    return {
+        "video": str(video), "source": str(source), "driver": str(driver),
+        "frames": n, "frames_output": out.n_frames, "frames_driver": drv.n_frames,
+        "no_face_frames": out.n_missing, "driver_no_face_frames": drv.n_missing,
+        "identity": identity_stats(np.array(distances)),
+        "motion": motion,
+        "jitter": {"output": j_out, "driver": j_drv,
+                   "ratio": j_out / j_drv if j_out is not None and j_drv else None},
+    }
+
+
+# ---------------------------------------------------------------- report
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+_PROXY_NOTES = {"mouth": "inner-lip gap", "eyes": "eye aspect ratio", "yaw": "left-right turn proxy",
+                "pitch": "nod proxy"}
+
+
+def format_face_report(report: dict) -> str:
+    """The measures as a plain-text table."""
+    ident, motion, jit = report["identity"], report["motion"], report["jitter"]
+    rows = [
+        ("frames", f"{report['frames']}", f"output {report['frames_output']}, driver {report['frames_driver']}"),
+        ("no face", f"{report['no_face_frames']}", f"output frames without a detected face "
+                                                   f"(driver: {report['driver_no_face_frames']})"),
+        ("identity median", _f(ident["median"]), f"dlib distance, source vs {ident['samples']} output frames "
+                                                 f"(< {ident['threshold']}: same person)"),
+        ("identity p90", _f(ident["p90"]), "90th percentile"),
+        ("identity < 0.6", "n/a" if ident["under_threshold"] is None else f"{100 * ident['under_threshold']:.0f}%",
+         "share of sampled frames under the threshold"),
+    ]
+    if motion is not None:
+        rows += [
+            ("landmark error", _f(motion["landmark_error"]),
+             f"relative motion vs driver, face sizes (a still output: {_f(motion['static_error'])})"),
+            *[(f"{name} corr", _f(value), f"Pearson vs driver, {_PROXY_NOTES[name]}")
+              for name, value in motion["correlation"].items()],
+        ]
+    rows.append(("jitter", f"{_f(jit['output'], 4)} / {_f(jit['driver'], 4)}",
+                 f"output / driver, landmark acceleration per frame in face sizes (ratio {_f(jit['ratio'], 2)})"))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = [f"{'measure':<{w0}}  {'value':>{w1}}  note", f"{'-' * w0}  {'-' * w1}  ----"]
+    lines += [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+    return "\n".join(lines)

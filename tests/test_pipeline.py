@@ -1,0 +1,96 @@
+"""End-to-end animate runs on the bundled example (no ../shared needed) and a shared driver."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import shared
+from reenact.media.video import iter_frames, probe
+from reenact.pipeline import AnimateConfig, animate
+
+
+class StillBackend:
+    """Returns the source crop unchanged: isolates the pipeline from any motion model."""
+
+    name = "still"
+    size = 256
+    needs_driver_images = False
+
+    def prepare(self, source, reference) -> None:
+        self.image = source.image
+        self.reference = reference
+
+    def animate(self, frames):
+        return np.stack([self.image] * len(frames))
+
+
+def _streams(path: Path) -> tuple[int, float, float | None]:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        audio = c.streams.audio[0] if c.streams.audio else None
+        return (sum(1 for _ in c.decode(v)), float(v.average_rate),
+                float(audio.duration * audio.time_base) if audio is not None else None)
+
+
+@pytest.fixture
+def example(example_portrait: Path, example_driver: Path) -> tuple[Path, Path]:
+    if not (example_portrait.exists() and example_driver.exists()):
+        pytest.skip("examples/ missing")
+    return example_portrait, example_driver
+
+
+def test_pipeline_keeps_frames_rate_and_audio(tmp_path: Path, example) -> None:
+    portrait, driver = example
+    out = tmp_path / "out.mp4"
+    backend = StillBackend()
+    result = animate(portrait, driver, out, AnimateConfig(reference="first"), backend=backend)
+    info = probe(driver)
+    n_out, fps_out, audio_out = _streams(out)
+    n_in, _, audio_in = _streams(driver)
+    assert abs(n_out - n_in) <= 1 and result.frames == n_out
+    assert abs(fps_out - float(info.fps)) < 1e-3
+    assert audio_out is not None and abs(audio_out - audio_in) < 0.05
+    assert result.size == (probe(out).width, probe(out).height)
+    assert backend.reference.index == 0 and backend.reference.landmarks.shape == (68, 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+    # The still backend pastes the portrait onto itself: the output is the portrait.
+    import cv2
+
+    first = next(iter_frames(out))
+    still = cv2.cvtColor(cv2.imread(str(portrait)), cv2.COLOR_BGR2RGB)[: first.shape[0], : first.shape[1]]
+    assert np.abs(first.astype(int) - still.astype(int)).mean() < 4
+
+
+def test_no_paste_back_writes_the_crop(tmp_path: Path, example) -> None:
+    portrait, driver = example
+    result = animate(portrait, driver, tmp_path / "crop.mp4", AnimateConfig(paste_back=False, size=256),
+                     backend=StillBackend())
+    info = probe(result.output)
+    assert (info.width, info.height) == (256, 256)
+
+
+@pytest.mark.slow
+def test_landmark_backend_end_to_end(tmp_path: Path, example) -> None:
+    portrait, driver = example
+    out = tmp_path / "lm.mp4"
+    result = animate(portrait, driver, out, AnimateConfig())
+    n_out, _, audio_out = _streams(out)
+    assert abs(n_out - _streams(driver)[0]) <= 1 and audio_out is not None
+    frames = list(iter_frames(out))
+    assert len(frames) == result.frames
+    # The face moves: consecutive output frames differ inside the face, not in the corners.
+    diff = np.abs(frames[40].astype(int) - frames[80].astype(int))
+    assert diff.mean() > 0.2 and diff[:20, :20].mean() < 1.0
+
+
+def test_two_faces_uses_the_largest_with_a_note(tmp_path: Path, example, caplog) -> None:
+    _, driver = example
+    portrait = shared("portraits", "two_people.jpg")
+    with caplog.at_level(logging.WARNING):
+        animate(portrait, driver, tmp_path / "two.mp4", AnimateConfig(), backend=StillBackend())
+    assert any("2 faces" in r.getMessage() and "--face-index" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,79 @@
+"""Every shared driver x several portraits: does each output decode to the end with the
+driver's frame count (within one), frame rate and audio? Plus identity and motion measures.
+
+    python benchmarks/drivers_matrix.py [--portraits biden.jpg obama.jpg ...] [--backend landmark]
+
+Prints a markdown table (one row per run) and a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+
+ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+
+
+def streams(path: Path) -> tuple[int, float, float | None, float]:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        a = c.streams.audio[0] if c.streams.audio else None
+        n = sum(1 for _ in c.decode(v))
+        dur = c.duration / av.time_base if c.duration else 0.0
+        return n, float(v.guessed_rate or v.average_rate), (float(a.duration * a.time_base) if a is not None else None), dur
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--portraits", nargs="+", default=["biden.jpg", "obama.jpg", "macron.png", "liax_portrait2.png"])
+    parser.add_argument("--drivers", nargs="*", default=None, help="driver file names (default: all)")
+    parser.add_argument("--backend", default="landmark")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+
+    from reenact.evaluate.face import evaluate_face
+    from reenact.pipeline import AnimateConfig, animate
+
+    drivers = sorted((ASSETS / "drivers").iterdir()) if not args.drivers else [ASSETS / "drivers" / d for d in args.drivers]
+    rows = []
+    print("| driver | portrait | frames in/out | fps in/out | audio in/out (s) | fps made | identity median | mouth r | eyes r |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for driver in drivers:
+            n_in, fps_in, a_in, _ = streams(driver)
+            for name in args.portraits:
+                out = Path(tmp) / f"{driver.stem}_{Path(name).stem}.mp4"
+                t = time.perf_counter()
+                result = animate(ASSETS / "portraits" / name, driver, out,
+                                 AnimateConfig(backend=args.backend, size=args.size))
+                seconds = time.perf_counter() - t
+                n_out, fps_out, a_out, _ = streams(out)
+                measures = evaluate_face(out, ASSETS / "portraits" / name, driver, identity_samples=16)
+                ok = abs(n_out - n_in) <= 1 and abs(fps_out - fps_in) < 1e-3 and ((a_in is None) == (a_out is None))
+                row = dict(driver=driver.name, portrait=name, frames_in=n_in, frames_out=n_out, fps_in=fps_in,
+                           fps_out=fps_out, audio_in=a_in, audio_out=a_out, ok=ok, fps_made=n_out / seconds,
+                           identity_median=measures["identity"]["median"],
+                           mouth_r=measures["motion"]["mouth_corr"], eyes_r=measures["motion"]["eyes_corr"])
+                rows.append(row)
+                fmt = lambda x: "-" if x is None else f"{x:.2f}"
+                print(f"| {driver.name} | {name} | {n_in}/{n_out} | {fps_in:.3g}/{fps_out:.3g} | {fmt(a_in)}/{fmt(a_out)} "
+                      f"| {row['fps_made']:.1f} | {row['identity_median']:.3f} | {fmt(row['mouth_r'])} | {fmt(row['eyes_r'])} |",
+                      flush=True)
+    good = sum(r["ok"] for r in rows)
+    worst = max(r["identity_median"] for r in rows)
+    print(f"\n{good}/{len(rows)} outputs decode to the end with the driver's frame count, rate and audio; "
+          f"worst identity median {worst:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0 if good == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ from reenact.evaluate.face import (format_face_report, identity_stats, jitter, l
                                    pearson, relative_motion, sample_indices)
 from reenact.face import pose
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def face(mouth: float = 0.0, eyes: float = 0.06, turn: float = 0.0, nod: float = 0.0) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_relative_motion_ignores_face_size_and_position():
     assert np.allclose(relative_motion(drv), relative_motion(out), atol=1e-5)
     m = motion_measures(out, drv)
     assert m["landmark_error"] == pytest.approx(0.0, abs=1e-5)
-    assert all(v == pytest.approx(1.0) for v in m["correlation"].values())
+    assert all(m[f"{k}_corr"] == pytest.approx(1.0) for k in ("mouth", "eyes", "yaw", "pitch"))
     assert m["static_error"] > 0.01
     json.dumps(m)
 
@@ -77,7 +77,7 @@ def test_still_output_scores_static_error():
     out = np.repeat(drv[:1], len(drv), axis=0)
     m = motion_measures(out, drv)
     assert m["landmark_error"] == pytest.approx(m["static_error"])
-    assert all(v is None for v in m["correlation"].values())  # a still output has no correlation
+    assert all(m[f"{k}_corr"] is None for k in ("mouth", "eyes", "yaw", "pitch"))  # a still output has no correlation
 
 
 def test_motion_detects_unrelated_mouth():
@@ -86,9 +86,9 @@ def test_motion_detects_unrelated_mouth():
     for i in range(len(out)):  # same head and eyes, random mouth
         out[i, 60:68] = face(mouth=0.2 * rng.random())[60:68]
     m = motion_measures(out, drv)
-    assert abs(m["correlation"]["mouth"]) < 0.5
-    assert m["correlation"]["eyes"] == pytest.approx(1.0)
-    assert m["correlation"]["yaw"] == pytest.approx(1.0)
+    assert abs(m["mouth_corr"]) < 0.5
+    assert m["eyes_corr"] == pytest.approx(1.0)
+    assert m["yaw_corr"] == pytest.approx(1.0)
     assert m["landmark_error"] > 0
 
 
@@ -139,10 +139,10 @@ def test_format_report_with_missing_values():
 
 @pytest.mark.slow
 def test_driver_against_itself(tmp_path):
-    """A real driver (3 s of vox_driving2) evaluated against itself, and against a copy scaled and moved."""
-    drv_path = SHARED / "drivers" / "vox_driving2.mp4"
+    """A real driver (3 s of the bundled example) against itself, and against a copy scaled and moved."""
+    drv_path = EXAMPLES / "driver.mp4"
     if not drv_path.exists():
-        pytest.skip(f"needs the shared assets ({drv_path} is missing)")
+        pytest.skip(f"needs the bundled example driver ({drv_path} is missing)")
     import cv2
 
     from reenact.evaluate.face import evaluate_face
@@ -152,8 +152,8 @@ def test_driver_against_itself(tmp_path):
     with VideoWriter(clip, 25, crf=12) as a, VideoWriter(moved, 25, crf=12) as b:
         for i, frame in zip(range(75), iter_frames(drv_path)):
             a.write(frame)
-            canvas = np.full((480, 560, 3), 90, np.uint8)  # the face 1.5x larger, off-centre in a bigger frame
-            canvas[60:444, 150:534] = cv2.resize(frame, (384, 384), interpolation=cv2.INTER_CUBIC)
+            canvas = np.full((480, 560, 3), 90, np.uint8)  # the face 0.75x, off-centre in a bigger frame
+            canvas[100:409, 200:508] = cv2.resize(frame, (308, 309), interpolation=cv2.INTER_AREA)
             b.write(canvas)
             if i == 0:
                 cv2.imwrite(str(still), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
@@ -162,13 +162,29 @@ def test_driver_against_itself(tmp_path):
     json.dumps(r)
     assert r["frames"] == 75 and r["no_face_frames"] == 0
     assert r["motion"]["landmark_error"] == pytest.approx(0.0, abs=1e-6)
-    assert all(v == pytest.approx(1.0) for v in r["motion"]["correlation"].values())
+    assert all(r["motion"][f"{k}_corr"] == pytest.approx(1.0) for k in ("mouth", "eyes", "yaw", "pitch"))
     assert r["identity"]["median"] < 0.45 and r["identity"]["samples"] == 6  # same person, other poses
     assert r["jitter"]["ratio"] == pytest.approx(1.0)
 
     r = evaluate_face(moved, still, clip, identity_samples=4)
-    assert r["frames"] == 75 and r["no_face_frames"] == 0
+    assert r["frames"] == 75 and r["no_face_frames"] <= 3  # HOG may miss a turned face in the copy
     assert r["motion"]["landmark_error"] < 0.25 * r["motion"]["static_error"]
-    assert r["motion"]["correlation"]["mouth"] > 0.8
-    assert r["motion"]["correlation"]["yaw"] > 0.8
+    assert r["motion"]["mouth_corr"] > 0.8
+    assert r["motion"]["yaw_corr"] > 0.8
     assert r["identity"]["median"] < 0.45
+
+
+def test_output_without_any_face(tmp_path):
+    """An output with no face at all is measured (every frame counted as lost), not an error."""
+    from conftest import write_video
+
+    from reenact.evaluate.face import evaluate_face
+
+    drv_path, source = EXAMPLES / "driver.mp4", EXAMPLES / "portrait.png"
+    if not drv_path.exists():
+        pytest.skip(f"needs the bundled example driver ({drv_path} is missing)")
+    blank = write_video(tmp_path / "blank.mp4", n=12, width=96, height=96)
+    r = evaluate_face(blank, source, drv_path, identity_samples=4)
+    json.dumps(r)
+    assert r["no_face_frames"] == 12 and r["identity"]["median"] is None and r["motion"]["mouth_corr"] is None
+    assert "n/a" in format_face_report(r)

@@ -14,8 +14,15 @@ with the same tracker the pipeline uses, and compares:
   face-size units, for output and driver alike, so they can be compared;
 - frames of the output where no face was found.
 
-Landmarks are the tracker's unsmoothed ones (`Track.raw`), so smoothing in the
-evaluator does not hide jitter in the output.
+Both videos are tracked the same way, with a fresh detection on every frame
+(a consistent landmark box, whatever the frame size; keyframe tracking would
+add its own jumps). Motion is compared on the tracker's smoothed landmarks
+(the same smoothing on both sides lowers dlib's noise floor); jitter uses the
+unsmoothed ones (`Track.raw`), so smoothing does not hide it. Noise floor,
+measured on the bundled driver against a re-encoded copy placed in a bigger
+frame (1x and 0.75x): mouth correlation 0.95-0.97, yaw 0.99, pitch 0.96,
+eyes 0.84-0.89, landmark error 0.025 face sizes, jitter ratio 1.2-1.4, and
+1-4 of 169 frames where the detector missed the face.
 """
 
 from __future__ import annotations
@@ -94,13 +101,15 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
 
     `landmark_error` is the mean distance between the relative motions;
     `static_error` is what an output that did not move at all would score
-    (the driver's own mean relative motion), for scale.
+    (the driver's own mean relative motion), for scale. `<proxy>_corr` are
+    Pearson correlations of mouth opening, eye opening, yaw and pitch (None
+    when either series is constant).
     """
     a, b = relative_motion(output, output_found), relative_motion(driver, driver_found)
     return {
         "landmark_error": landmark_error(a, b),
         "static_error": landmark_error(np.zeros_like(b), b),
-        "correlation": {name: pearson(fn(output), fn(driver)) for name, fn in PROXIES.items()},
+        **{f"{name}_corr": pearson(fn(output), fn(driver)) for name, fn in PROXIES.items()},
     }
 
 
@@ -157,7 +166,7 @@ def evaluate_face(
     video, source, driver = Path(video), Path(source), Path(driver)
     report = progress or (lambda stage, done, total: None)
     detector = FaceDetector()
-    config = TrackConfig(detect_max_side=640)  # outputs are whole portraits: faces may be small
+    config = TrackConfig(keyframe_interval=1, detect_max_side=640)  # outputs are whole portraits: faces may be small
 
     image = load_image(source)
     face = choose_face(detector.detect(image, upsample=1), face_index, source)
@@ -174,7 +183,8 @@ def evaluate_face(
         return {"video": str(video), "source": str(source), "driver": str(driver), "frames": n,
                 "frames_output": n, "frames_driver": drv.n_frames, "no_face_frames": n,
                 "driver_no_face_frames": drv.n_missing, "identity": identity_stats(np.empty(0)),
-                "motion": None, "jitter": {"output": None, "driver": jitter(drv.raw, drv.found), "ratio": None}}
+                "motion": {"landmark_error": None, "static_error": None, **{f"{k}_corr": None for k in PROXIES}},
+                "jitter": {"output": None, "driver": jitter(drv.raw, drv.found), "ratio": None}}
 
     # Identity: the source against output frames with a detected face, spread evenly.
     chosen = set(sample_indices(np.flatnonzero(out.found), identity_samples).tolist())
@@ -192,7 +202,7 @@ def evaluate_face(
     if abs(out.n_frames - drv.n_frames) > 1:
         log.warning("%s has %d frames, the driver %d; comparing the first %d",
                     video, out.n_frames, drv.n_frames, n)
-    motion = motion_measures(out.raw[:n], drv.raw[:n], out.found[:n], drv.found[:n])
+    motion = motion_measures(out.landmarks[:n], drv.landmarks[:n], out.found[:n], drv.found[:n])
     j_out, j_drv = jitter(out.raw, out.found), jitter(drv.raw, drv.found)
     return {
         "video": str(video), "source": str(source), "driver": str(driver),
@@ -228,13 +238,12 @@ def format_face_report(report: dict) -> str:
         ("identity < 0.6", "n/a" if ident["under_threshold"] is None else f"{100 * ident['under_threshold']:.0f}%",
          "share of sampled frames under the threshold"),
     ]
-    if motion is not None:
-        rows += [
-            ("landmark error", _f(motion["landmark_error"]),
-             f"relative motion vs driver, face sizes (a still output: {_f(motion['static_error'])})"),
-            *[(f"{name} corr", _f(value), f"Pearson vs driver, {_PROXY_NOTES[name]}")
-              for name, value in motion["correlation"].items()],
-        ]
+    rows += [
+        ("landmark error", _f(motion["landmark_error"]),
+         f"relative motion vs driver, face sizes (a still output: {_f(motion['static_error'])})"),
+        *[(f"{name} corr", _f(motion[f"{name}_corr"]), f"Pearson vs driver, {note}")
+          for name, note in _PROXY_NOTES.items()],
+    ]
     rows.append(("jitter", f"{_f(jit['output'], 4)} / {_f(jit['driver'], 4)}",
                  f"output / driver, landmark acceleration per frame in face sizes (ratio {_f(jit['ratio'], 2)})"))
     w0 = max(len(r[0]) for r in rows)

@@ -64,6 +64,17 @@ def test_relative_motion_ignores_face_size_and_position():
     json.dumps(m)
 
 
+def test_motion_allows_for_a_leaning_portrait():
+    drv = talking()
+    angle = 0.4  # the portrait's head leans by 23 degrees
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    out = 2.0 * drv @ rot.T + [100.0, 40.0]
+    assert np.allclose(pose.roll(out) - pose.roll(drv), angle, atol=1e-4)
+    m = motion_measures(out, drv)
+    assert m["landmark_error"] == pytest.approx(0.0, abs=1e-4)
+    assert m["mouth_corr"] == pytest.approx(1.0) and m["eyes_corr"] == pytest.approx(1.0)
+
+
 def test_relative_motion_is_in_face_sizes():
     base = face()
     seq = np.stack([base, base + [0.5 * pose.face_scale(base), 0]])  # a shift of half a face size

@@ -99,13 +99,18 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
                     driver_found: np.ndarray | None = None) -> dict:
     """Compare two frame-aligned landmark tracks of equal length (N, 68, 2).
 
-    `landmark_error` is the mean distance between the relative motions;
+    The driver's relative motion is turned by the median difference in roll
+    between the two, so a portrait that leans is not penalised. `landmark_error` is the mean distance between the relative motions;
     `static_error` is what an output that did not move at all would score
     (the driver's own mean relative motion), for scale. `<proxy>_corr` are
     Pearson correlations of mouth opening, eye opening, yaw and pitch (None
     when either series is constant).
     """
     a, b = relative_motion(output, output_found), relative_motion(driver, driver_found)
+    # The portrait may lean differently from the driver: turn the driver's motion by the median roll difference.
+    angle = float(np.median(np.angle(np.exp(1j * (pose.roll(output) - pose.roll(driver))))))
+    c, s = np.cos(angle), np.sin(angle)
+    b = b @ np.array([[c, s], [-s, c]], np.float32)
     return {
         "landmark_error": landmark_error(a, b),
         "static_error": landmark_error(np.zeros_like(b), b),

@@ -60,6 +60,7 @@ class Backend(Protocol):
 # name -> "module:factory"; a factory takes (size: int, **options) and returns a Backend.
 BACKENDS: dict[str, str] = {
     "landmark": "reenact.animate.landmark:LandmarkBackend",
+    "lia": "reenact.animate.lia:LiaBackend",
 }
 
 

@@ -1,0 +1,170 @@
+"""Known model checkpoints: where they come from, their licence, and the local cache.
+
+`reenact models list|fetch|path` is built on `list_models`, `fetch` and `model_path`.
+Checkpoints live in the user cache: $REENACT_CACHE, else $XDG_CACHE_HOME/reenact, else the
+platform's cache folder (~/.cache/reenact on Linux, ~/Library/Caches/reenact on macOS,
+%LOCALAPPDATA%/reenact on Windows), under models/<name><suffix>.
+
+A download resumes from the partial file a previous attempt left (HTTP Range), is checked
+against its sha256 where one is known, and only then is renamed into place. Offline, the
+error says exactly where to put a file downloaded by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from reenact.errors import ReenactError
+
+log = logging.getLogger(__name__)
+
+LIA_LICENSE = "CC BY-NC 4.0 (non-commercial use only; credit Wang et al., LIA, ICLR 2022)"
+LIA_FOLDER = "https://drive.google.com/drive/folders/1N4QcnqUQwKUZivFV-YeBuPyH4pGJHooc"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    url: str | None  # direct download URL; None where only a web page is known
+    page: str  # where a person can download it by hand
+    license: str
+    sha256: str | None = None
+    size: int | None = None  # bytes, where known
+    suffix: str = ".pt"
+
+
+MODELS: dict[str, ModelInfo] = {
+    m.name: m
+    for m in [
+        ModelInfo("lia-vox", "LIA generator trained on VoxCeleb (faces), 256 px",
+                  "https://drive.usercontent.google.com/download?id=1cC2BGsbvJ_CBkoWdkv5mtZnCXZ5gS0Zy"
+                  "&export=download&confirm=t", LIA_FOLDER + " (file vox.pt)", LIA_LICENSE),
+        ModelInfo("lia-taichi", "LIA generator trained on TaiChi-HD (full body), 256 px", None,
+                  LIA_FOLDER + " (file taichi.pt)", LIA_LICENSE),
+        ModelInfo("lia-ted", "LIA generator trained on TED-talks (upper body), 256 px", None,
+                  LIA_FOLDER + " (file ted.pt)", LIA_LICENSE),
+    ]
+}
+ALIASES = {"vox": "lia-vox", "taichi": "lia-taichi", "ted": "lia-ted"}
+
+
+def cache_dir() -> Path:
+    """The folder checkpoints are cached in (not created here)."""
+    if os.environ.get("REENACT_CACHE"):
+        return Path(os.environ["REENACT_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "reenact"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "reenact"
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "reenact"
+    return Path.home() / ".cache" / "reenact"
+
+
+def get_model(name: str) -> ModelInfo:
+    name = ALIASES.get(name, name)
+    if name not in MODELS:
+        raise ReenactError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def model_path(name: str | ModelInfo) -> Path:
+    """Where a model's checkpoint is (or would be) cached."""
+    info = name if isinstance(name, ModelInfo) else get_model(name)
+    return cache_dir() / "models" / f"{info.name}{info.suffix}"
+
+
+def list_models() -> list[tuple[ModelInfo, Path, bool]]:
+    """Every known model, its cache path and whether that file is present."""
+    return [(m, model_path(m), model_path(m).is_file()) for m in MODELS.values()]
+
+
+def manual_instructions(info: ModelInfo) -> str:
+    return f"download it by hand from {info.page} and save it as {model_path(info)}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(name: str | ModelInfo, progress: Callable[[int, int | None], None] | None = None,
+          force: bool = False, timeout: float = 30.0) -> Path:
+    """Download a model into the cache (resuming a partial download); return its path.
+
+    `progress(done_bytes, total_bytes_or_None)` is called as data arrives.
+    """
+    info = name if isinstance(name, ModelInfo) else get_model(name)
+    path = model_path(info)
+    if path.is_file() and not force:
+        return path
+    if info.url is None:
+        raise ReenactError(f"{info.name} has no direct download link; {manual_instructions(info)}", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    done = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(info.url, headers={"User-Agent": "reenact"})
+    if done:
+        request.add_header("Range", f"bytes={done}-")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if "text/html" in response.headers.get("Content-Type", ""):
+                raise ReenactError(f"the server sent a web page instead of {info.name} (quota or login page?); "
+                                   f"{manual_instructions(info)}", path)
+            if done and response.status != 206:  # server ignored the range: start again
+                done = 0
+            length = response.headers.get("Content-Length")
+            total = done + int(length) if length is not None else info.size
+            with open(partial, "ab" if done else "wb") as f:
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and partial.exists():  # the partial file is already complete
+            pass
+        else:
+            raise ReenactError(f"download of {info.name} failed (HTTP {exc.code}); {manual_instructions(info)}",
+                               path) from exc
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ReenactError(f"cannot download {info.name} ({reason}); the partial download is kept and resumes "
+                           f"next time; or {manual_instructions(info)}", path) from exc
+    if info.sha256 and (digest := sha256_file(partial)) != info.sha256:
+        partial.unlink()
+        raise ReenactError(f"downloaded {info.name} has sha256 {digest}, expected {info.sha256}; deleted it, "
+                           "try again", path)
+    os.replace(partial, path)
+    log.info("saved %s (%d bytes)", path, path.stat().st_size)
+    return path
+
+
+def resolve_checkpoint(spec: str | Path) -> Path | str:
+    """A checkpoint given as a file path, a known model name, or 'deterministic' (test weights)."""
+    if str(spec) == "deterministic":
+        return "deterministic"
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if str(spec) in MODELS or str(spec) in ALIASES:
+        info = get_model(str(spec))
+        cached = model_path(info)
+        if cached.is_file():
+            return cached
+        raise ReenactError(f"model {info.name} is not downloaded; run `reenact models fetch {info.name}`, or "
+                           f"{manual_instructions(info)}", cached)
+    raise ReenactError(f"checkpoint not found (not a file, nor one of {', '.join(sorted(MODELS))}, "
+                       "nor 'deterministic')", path)

@@ -167,15 +167,16 @@ def main() -> None:
             face = r.get("face") or {}
             ident = (face.get("identity") or {}).get("median")
             mouth = (face.get("motion") or {}).get("mouth_corr")
+            mouth_gain = (face.get("motion") or {}).get("mouth_gain")
             rows.append([label, str(n), f"{r['fps']:g}", *[fps(n, t.get(s)) for s in STAGES],
                          fps(n, r["wall"]), fps(n, r["wall"] - t.get("setup", 0)), f"{r['wall']:.1f}",
                          f"{t.get('setup', 0):.1f}",
-                         f"{r['peak_rss_mib']:.0f}", fmt(ident), fmt(mouth, 2)])
+                         f"{r['peak_rss_mib']:.0f}", fmt(ident), fmt(mouth, 2), fmt(mouth_gain, 2)])
     load_after = os.getloadavg()
 
     header = ["driver", "frames", "fps", *[f"{s} f/s" for s in STAGES], "end to end f/s", "without setup f/s", "wall s",
               "setup s",
-              "peak RSS MiB", "identity median", "mouth corr"]
+              "peak RSS MiB", "identity median", "mouth corr", "mouth gain"]
     print(f"\nbackend {args.backend}, size {args.size}, source {args.source.name}; "
           f"{os.cpu_count()} CPUs, {platform.python_version()}, load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after\n")
@@ -192,7 +193,8 @@ def main() -> None:
               f"({100 * (a['peak_rss_mib'] / b['peak_rss_mib'] - 1):+.1f}%)")
     print("\nstage f/s = frames / seconds spent in that stage (track excludes decoding); end to end = frames / "
           "wall time of animate() (setup, both passes, mux); setup = loading models and the source; "
-          "peak RSS = ru_maxrss of the process that ran it.")
+          "peak RSS = ru_maxrss of the process that ran it; identity = median dlib distance, source vs output; "
+          "mouth corr/gain = correlation and spread ratio of mouth opening, output vs driver.")
     targets(results, args)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": [

@@ -60,6 +60,7 @@ def test_relative_motion_ignores_face_size_and_position():
     m = motion_measures(out, drv)
     assert m["landmark_error"] == pytest.approx(0.0, abs=1e-5)
     assert all(m[f"{k}_corr"] == pytest.approx(1.0) for k in ("mouth", "eyes", "yaw", "pitch"))
+    assert all(m[f"{k}_gain"] == pytest.approx(1.0, rel=1e-4) for k in ("mouth", "eyes", "yaw", "pitch"))
     assert m["static_error"] > 0.01
     json.dumps(m)
 
@@ -89,6 +90,7 @@ def test_still_output_scores_static_error():
     m = motion_measures(out, drv)
     assert m["landmark_error"] == pytest.approx(m["static_error"])
     assert all(m[f"{k}_corr"] is None for k in ("mouth", "eyes", "yaw", "pitch"))  # a still output has no correlation
+    assert all(m[f"{k}_gain"] == pytest.approx(0.0, abs=1e-5) for k in ("mouth", "eyes", "yaw", "pitch"))
 
 
 def test_motion_detects_unrelated_mouth():

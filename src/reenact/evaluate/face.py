@@ -75,6 +75,12 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.clip((a * b).sum() / den, -1.0, 1.0))
 
 
+def gain(output: np.ndarray, driver: np.ndarray) -> float | None:
+    """How much a proxy varies in the output relative to the driver (ratio of standard deviations)."""
+    sd = float(np.std(driver))
+    return float(np.std(output)) / sd if sd > 1e-12 else None
+
+
 def jitter(landmarks: np.ndarray, found: np.ndarray | None = None) -> float | None:
     """Mean landmark acceleration magnitude per frame, in units of face size.
 
@@ -104,7 +110,9 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
     `static_error` is what an output that did not move at all would score
     (the driver's own mean relative motion), for scale. `<proxy>_corr` are
     Pearson correlations of mouth opening, eye opening, yaw and pitch (None
-    when either series is constant).
+    when either series is constant); `<proxy>_gain` the ratio of their
+    standard deviations, output over driver: a correlation means little when
+    the gain is near 0 (an output that barely moves correlates by chance).
     """
     a, b = relative_motion(output, output_found), relative_motion(driver, driver_found)
     # The portrait may lean differently from the driver: turn the driver's motion by the median roll difference.
@@ -115,6 +123,7 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
         "landmark_error": landmark_error(a, b),
         "static_error": landmark_error(np.zeros_like(b), b),
         **{f"{name}_corr": pearson(fn(output), fn(driver)) for name, fn in PROXIES.items()},
+        **{f"{name}_gain": gain(fn(output), fn(driver)) for name, fn in PROXIES.items()},
     }
 
 
@@ -188,7 +197,8 @@ def evaluate_face(
         return {"video": str(video), "source": str(source), "driver": str(driver), "frames": n,
                 "frames_output": n, "frames_driver": drv.n_frames, "no_face_frames": n,
                 "driver_no_face_frames": drv.n_missing, "identity": identity_stats(np.empty(0)),
-                "motion": {"landmark_error": None, "static_error": None, **{f"{k}_corr": None for k in PROXIES}},
+                "motion": {"landmark_error": None, "static_error": None,
+                           **{f"{k}_{m}": None for m in ("corr", "gain") for k in PROXIES}},
                 "jitter": {"output": None, "driver": jitter(drv.raw, drv.found), "ratio": None}}
 
     # Identity: the source against output frames with a detected face, spread evenly.
@@ -246,7 +256,8 @@ def format_face_report(report: dict) -> str:
     rows += [
         ("landmark error", _f(motion["landmark_error"]),
          f"relative motion vs driver, face sizes (a still output: {_f(motion['static_error'])})"),
-        *[(f"{name} corr", _f(motion[f"{name}_corr"]), f"Pearson vs driver, {note}")
+        *[(f"{name} corr", _f(motion[f"{name}_corr"]),
+           f"Pearson vs driver, {note} (gain {_f(motion[f'{name}_gain'], 2)}: output/driver spread)")
           for name, note in _PROXY_NOTES.items()],
     ]
     rows.append(("jitter", f"{_f(jit['output'], 4)} / {_f(jit['driver'], 4)}",

@@ -1,0 +1,392 @@
+"""The landmark backend: relative landmark motion transfer and a thin-plate-spline warp.
+
+No learned weights. For each driver frame:
+
+1. Motion. The driver's 68 landmarks are split into a global similarity
+   (reference frame -> this frame, fitted on stable points: eye corners, nose)
+   and a local residual expressed in the reference frame. The residual is
+   carried into the source's frame by the similarity that maps the driver's
+   reference face onto the source face (so it is normalised for position, scale
+   and roll), added to the source's landmarks, and the head similarity is then
+   applied conjugated into the source frame. Eyelids move by ratio (the
+   source's lid gap times the driver's gap over its reference gap), so a blink
+   closes the source's eyes whatever their size; lips and lids never cross.
+2. Warp. Extra control points make the rest of the head follow: forehead
+   points extrapolated from the brows, a ring around the head (both rigid with
+   the head), and fixed anchors on the crop border. A thin-plate spline from
+   target points to source points is evaluated on a coarse grid, its
+   displacement faded to zero towards the crop border, upsampled, and the
+   source crop is resampled with `cv2.remap` (backward mapping: no holes).
+3. Mouth. Where the target inner lips open wider than the source's, the gap is
+   filled with the driver's own mouth interior (teeth, tongue), warped onto the
+   target inner-lip polygon and colour-matched to the source's lips, with a
+   feathered edge; without driver images a synthetic dark mouth with a teeth
+   band is drawn instead.
+
+All complex arithmetic below treats a point (x, y) as x + iy, so a similarity
+is z -> a z + b with a complex `a` (scale and rotation).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from reenact.animate.base import DriverFrame, SourceFace
+from reenact.errors import ReenactError
+
+log = logging.getLogger(__name__)
+
+STABLE = [27, 28, 29, 30, 31, 33, 35, 36, 39, 42, 45]  # nose bridge and base, eye corners
+LID_PAIRS = [(37, 41), (38, 40), (43, 47), (44, 46)]  # upper lid, lower lid
+LIP_PAIRS = [(61, 67), (62, 66), (63, 65)]  # upper inner lip, lower inner lip
+INNER_LIPS = list(range(60, 68))
+OUTER_LIPS = list(range(48, 60))
+LOWER_FACE = np.zeros(68)  # how much each point follows a change of the mouth opening
+LOWER_FACE[[55, 56, 57, 58, 59, 65, 66, 67]] = 1.0
+LOWER_FACE[[6, 7, 8, 9, 10]] = 0.6
+LOWER_FACE[[5, 11]] = 0.3
+LOWER_FACE[[48, 54, 60, 64]] = 0.5
+
+
+@dataclass
+class LandmarkConfig:
+    """Options of the landmark backend (all have working defaults)."""
+
+    grid: int = 48  # the spline is evaluated on grid x grid points, then upsampled
+    expression: float = 1.0  # gain on local motion (mouth, brows, jaw)
+    head: float = 1.0  # gain on head motion (0 keeps the head still)
+    fade: float = 0.1  # border band, as a fraction of the crop, where the warp fades to identity
+    smoothing: float = 1e-5  # thin-plate-spline regularisation (in crop-normalised units)
+    mouth_fill: bool = True  # fill an opening mouth instead of stretching the lips
+    driver_mouth: bool = True  # fill it from the driver's mouth interior (needs driver images)
+    mouth_darkness: float = 0.5  # the filled interior's mean brightness at most this times the lips'
+    eye_ratio: bool = True  # eyelids follow the driver's lid gap by ratio (blinks always close)
+    max_eye_ratio: float = 1.1  # eyes open at most this much wider than the source's
+    jaw: float = 0.3  # gain on the jaw outline's local motion (mostly 2-D shadows of head turns)
+    brows: float = 0.7  # gain on the brows' local motion
+    mouth: float = 0.5  # gain on the lips' local motion (the opening itself is set separately)
+
+
+# ------------------------------------------------------------------ geometry helpers
+
+def _z(points: np.ndarray) -> np.ndarray:
+    return points[..., 0].astype(np.float64) + 1j * points[..., 1].astype(np.float64)
+
+
+def _xy(z: np.ndarray) -> np.ndarray:
+    return np.stack([z.real, z.imag], -1).astype(np.float32)
+
+
+def fit_similarity(p: np.ndarray, q: np.ndarray) -> tuple[complex, complex]:
+    """Least-squares similarity q ~ a p + b on complex points."""
+    mp, mq = p.mean(), q.mean()
+    dp = p - mp
+    a = np.vdot(dp, q - mq) / max(np.vdot(dp, dp).real, 1e-12)
+    return complex(a), complex(mq - a * mp)
+
+
+def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Thin-plate kernel r^2 log r^2 between point sets a (n, 2) and b (m, 2): (n, m) float32."""
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    r2 = (a[:, :1] - b[:, 0]) ** 2
+    r2 += (a[:, 1:] - b[:, 1]) ** 2
+    np.maximum(r2, 1e-20, out=r2)
+    k = np.log(r2)
+    k *= r2
+    return k
+
+
+def extra_points(lm: np.ndarray, size: int) -> np.ndarray:
+    """Forehead points and a ring around the head that move rigidly with it, (K, 2)."""
+    z = _z(lm)
+    left, right = z[36:42].mean(), z[42:48].mean()
+    mid = (left + right) / 2
+    iod = abs(right - left)
+    down = (z[8] - mid) / max(abs(z[8] - mid), 1e-6)  # from between the eyes to the chin
+    up = -down
+    brows = z[[17, 19, 21, 22, 24, 26]]
+    forehead = brows + up * 0.55 * iod
+    top = np.array([mid + up * 1.6 * iod + down * 1j * s * iod for s in (-0.9, 0.0, 0.9)])
+    centre = mid + down * 0.55 * iod
+    ring = centre + (np.exp(1j * np.linspace(0, 2 * np.pi, 16, endpoint=False)) * 2.1 * iod)
+    pts = np.concatenate([forehead, top, ring])
+    margin = 0.12 * size  # keep clear of the border anchors
+    inside = (pts.real > margin) & (pts.real < size - margin) & (pts.imag > margin) & (pts.imag < size - margin)
+    return _xy(pts[inside])
+
+
+def border_points(size: int, per_side: int = 8) -> np.ndarray:
+    t = np.linspace(0, size - 1, per_side + 1)[:-1]
+    e = float(size - 1)
+    return np.concatenate([np.stack([t, np.zeros_like(t)], 1), np.stack([np.full_like(t, e), t], 1),
+                           np.stack([e - t, np.full_like(t, e)], 1), np.stack([np.zeros_like(t), e - t], 1)]).astype(np.float32)
+
+
+def _lerp_lid(z: np.ndarray, pairs: list[tuple[int, int]], gaps: np.ndarray, down: complex) -> None:
+    """Set each (upper, lower) pair's gap along `down` to `gaps`, keeping the pair's midpoint."""
+    for (u, l), g in zip(pairs, gaps):
+        m = (z[u] + z[l]) / 2
+        along = ((z[l] - z[u]) / down).imag  # component across the vertical axis: kept
+        z[u] = m - down * (g / 2) - 1j * down * (along / 2)
+        z[l] = m + down * (g / 2) + 1j * down * (along / 2)
+
+
+def _gaps(z: np.ndarray, pairs: list[tuple[int, int]], down: complex) -> np.ndarray:
+    return np.array([((z[l] - z[u]) / down).real for u, l in pairs])
+
+
+# ------------------------------------------------------------------ the backend
+
+class LandmarkBackend:
+    """Relative landmark motion + thin-plate-spline warp; see the module docstring."""
+
+    name = "landmark"
+
+    def __init__(self, size: int = 256, **options) -> None:
+        unknown = set(options) - set(LandmarkConfig.__dataclass_fields__)
+        if unknown:
+            raise ReenactError(f"unknown landmark backend option(s): {', '.join(sorted(unknown))}")
+        self.size = int(size)
+        self.config = LandmarkConfig(**options)
+        self.needs_driver_images = self.config.mouth_fill and self.config.driver_mouth
+        g, s = self.config.grid, self.size
+        # Grid points at the cell centres cv2.resize assumes, so upsampling is exact at them.
+        axis = ((np.arange(g) + 0.5) * s / g - 0.5).astype(np.float32)
+        gx, gy = np.meshgrid(axis, axis)
+        self._grid = (np.stack([gx.ravel(), gy.ravel()], 1) / s).astype(np.float32)  # (G, 2) normalised
+        edge = np.minimum(axis + 0.5, s - 0.5 - axis)  # distance of each grid line to the crop border
+        d = np.minimum(edge[None, :], edge[:, None])
+        band = max(self.config.fade * s, 1.0)
+        t = np.clip((d - 0.02 * s) / band, 0, 1)
+        self._fade = (t * t * (3 - 2 * t)).astype(np.float32)[..., None]  # (g, g, 1) smoothstep
+        base = np.arange(s, dtype=np.float32)
+        self._base_x, self._base_y = np.meshgrid(base, base)
+        self._border = border_points(s)
+        self._kernel_border = _tps_kernel(self._grid, self._border / s)
+        self._prepared = False
+
+    # -------------------------------------------------------------- setup
+
+    def prepare(self, source: SourceFace, reference: DriverFrame) -> None:
+        s = self.size
+        if source.image.shape[:2] != (s, s):
+            raise ReenactError(f"source crop is {source.image.shape[1]}x{source.image.shape[0]}, backend size is {s}")
+        self.source = source.image
+        self._src = _z(source.landmarks)
+        self._ref = _z(reference.landmarks)
+        # Driver reference -> source face: carries the driver's residual motion into the source frame.
+        self._alpha, self._beta = fit_similarity(self._ref[STABLE], self._src[STABLE])
+        self._down_src = self._down(self._src)
+        self._gain = np.ones(68)
+        self._gain[0:17] = self.config.jaw
+        self._gain[17:27] = self.config.brows
+        self._gain[48:68] = self.config.mouth
+        self._down_ref = self._down(self._ref)
+        self._src_lid = _gaps(self._src, LID_PAIRS, self._down_src)
+        self._ref_lid = _gaps(self._ref, LID_PAIRS, self._down_ref)
+        self._src_lip = _gaps(self._src, LIP_PAIRS, self._down_src).mean()
+        self._ref_lip = _gaps(self._ref, LIP_PAIRS, self._down_ref).mean()
+        self._iod = abs(self._src[42:48].mean() - self._src[36:42].mean())
+        self._extra = _z(extra_points(source.landmarks, s))
+        self._lip_stats = _ring_stats(source.image, source.landmarks)
+        self._drv_stats = _ring_stats(reference.image, reference.landmarks) if reference.image is not None else None
+        self._prepared = True
+
+    @staticmethod
+    def _down(z: np.ndarray) -> complex:
+        d = (z[42:48].mean() - z[36:42].mean()) * 1j  # eye line turned by +90 degrees: down in image coordinates
+        return complex(d / max(abs(d), 1e-6))
+
+    # -------------------------------------------------------------- motion
+
+    def targets(self, driver: np.ndarray) -> tuple[np.ndarray, np.ndarray, complex]:
+        """Target positions (source crop pixels) of the 68 landmarks and the extra points, and the head scale/rotation."""
+        cfg = self.config
+        z = _z(driver)
+        a, b = fit_similarity(self._ref[STABLE], z[STABLE])  # reference -> this frame
+        residual = (z - b) / a - self._ref  # local motion in the reference frame
+        local = self._src + self._alpha * residual * (cfg.expression * self._gain)
+        down = self._down_src
+        if cfg.eye_ratio:
+            ref_gap = np.maximum(self._ref_lid, 1e-6)
+            ratio = np.clip(_gaps((z - b) / a, LID_PAIRS, self._down_ref) / ref_gap, 0.0, cfg.max_eye_ratio)
+            usable = self._ref_lid > 0.04 * abs(self._ref[42:48].mean() - self._ref[36:42].mean())
+            gaps = np.where(usable, self._src_lid * ratio, _gaps(local, LID_PAIRS, down))
+        else:
+            gaps = _gaps(local, LID_PAIRS, down)
+        _lerp_lid(local, LID_PAIRS, np.maximum(gaps, 0.0), down)
+        # Mouth opening: the driver's inner-lip gap (scaled into the source) on top of whatever the source
+        # shows beyond the driver's reference, so a reference caught mid-word neither clips nor inverts the motion.
+        gap = _gaps((z - b) / a, LIP_PAIRS, self._down_ref).mean() * abs(self._alpha) * cfg.expression
+        gap = max(gap, 0.0) + max(self._src_lip - self._ref_lip * abs(self._alpha), 0.0)
+        shift = (gap - _gaps(local, LIP_PAIRS, down).mean()) * down
+        local += shift * LOWER_FACE  # move the lower lip and, less, the chin
+        lips = _gaps(local, LIP_PAIRS, down)
+        if (lips < 0).any():
+            _lerp_lid(local, LIP_PAIRS, np.maximum(lips, 0.0), down)
+        # Head motion, conjugated into the source frame: w -> a (w - beta) + alpha b + beta.
+        if cfg.head != 1.0:
+            a = complex(np.exp(cfg.head * np.log(a))) if a != 0 else 1.0
+            b = b * cfg.head
+        shift = self._alpha * b + self._beta - a * self._beta
+        return _xy(a * local + shift), _xy(a * self._extra + shift), a
+
+    # -------------------------------------------------------------- warp
+
+    def warp_map(self, target: np.ndarray, target_extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Backward maps (map_x, map_y), each (S, S) float32: output pixel -> source pixel."""
+        s = self.size
+        src = np.concatenate([_xy(self._src), _xy(self._extra), self._border]) / s
+        moving = np.concatenate([target, target_extra]) / s
+        tgt = np.concatenate([moving, self._border / s])
+        n = len(tgt)
+        k = _tps_kernel(tgt, tgt)
+        k[np.diag_indices(n)] += self.config.smoothing
+        p = np.concatenate([np.ones((n, 1), np.float32), tgt], 1)
+        system = np.zeros((n + 3, n + 3))
+        system[:n, :n], system[:n, n:], system[n:, :n] = k, p, p.T
+        rhs = np.zeros((n + 3, 2))
+        rhs[:n] = src - tgt  # fit the displacement: exact identity where nothing moves
+        try:
+            coef = np.linalg.solve(system, rhs)
+        except np.linalg.LinAlgError:  # coincident control points
+            coef = np.linalg.lstsq(system, rhs, rcond=None)[0]
+        w, affine = coef[:n].astype(np.float32), coef[n:].astype(np.float32)
+        m = len(moving)
+        kg = _tps_kernel(self._grid, moving)
+        disp = kg @ w[:m] + self._kernel_border @ w[m:] + affine[0] + self._grid @ affine[1:]
+        g = self.config.grid
+        disp = disp.reshape(g, g, 2) * s * self._fade
+        disp = cv2.resize(disp, (s, s), interpolation=cv2.INTER_LINEAR)
+        return self._base_x + disp[..., 0], self._base_y + disp[..., 1]
+
+    # -------------------------------------------------------------- frames
+
+    def animate(self, frames: Sequence[DriverFrame]) -> np.ndarray:
+        if not self._prepared:
+            raise RuntimeError("call prepare() before animate()")
+        out = np.empty((len(frames), self.size, self.size, 3), np.uint8)
+        for i, frame in enumerate(frames):
+            out[i] = self.animate_one(frame)
+        return out
+
+    def animate_one(self, frame: DriverFrame) -> np.ndarray:
+        target, extra, a = self.targets(frame.landmarks)
+        map_x, map_y = self.warp_map(target, extra)
+        image = cv2.remap(self.source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if self.config.mouth_fill:
+            self._fill_mouth(image, target, frame, abs(a))
+        return image
+
+    def _fill_mouth(self, image: np.ndarray, target: np.ndarray, frame: DriverFrame, scale: float) -> None:
+        """Paint the mouth interior where the target lips open wider than the source's."""
+        down = self._down_src
+        gap = _gaps(_z(target), LIP_PAIRS, down).mean() / max(scale, 1e-6)
+        excess = gap - self._src_lip
+        amount = float(np.clip(excess / (0.05 * self._iod), 0.0, 1.0))
+        if amount <= 0.0:
+            return
+        s = self.size
+        lips = target[48:68]
+        x0, y0 = np.floor(lips.min(0)).astype(int) - 2
+        x1, y1 = np.ceil(lips.max(0)).astype(int) + 3
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, s), min(y1, s)
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            return
+        w, h = x1 - x0, y1 - y0
+        inner = target[INNER_LIPS] - (x0, y0)
+        mask = np.zeros((h, w), np.float32)
+        cv2.fillPoly(mask, [np.round(inner * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
+        mask = cv2.GaussianBlur(mask, (0, 0), max(0.6 * s / 256, 0.5)) * amount
+        patch = None
+        if self.config.driver_mouth and frame.image is not None:
+            patch = self._driver_mouth(frame, target, (x0, y0, w, h))
+            if patch is not None:  # a mouth interior is darker than the lips around it: keep it so
+                inside = mask > 0.5 * amount
+                lum = patch[inside].mean() if inside.any() else 0.0
+                limit = self.config.mouth_darkness * self._lip_stats[0].mean()
+                if lum > limit:
+                    patch *= limit / lum
+        if patch is None:
+            patch = self._synthetic_mouth(inner, (w, h))
+        region = image[y0:y1, x0:x1].astype(np.float32)
+        region += (patch - region) * mask[..., None]
+        image[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+
+    def _driver_mouth(self, frame: DriverFrame, target: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
+        x0, y0, w, h = box
+        idx = INNER_LIPS + OUTER_LIPS
+        t = target[idx] - (x0, y0)
+        d = frame.landmarks[idx]
+        # Affine from the target's lip points (box coordinates) to the driver's: the patch samples the driver crop.
+        design = np.concatenate([t, np.ones((len(t), 1), np.float32)], 1)
+        weights = np.r_[np.full(8, 3.0), np.ones(12)][:, None]  # the inner lips matter most
+        m = np.linalg.lstsq(design * weights, d * weights, rcond=None)[0].T.astype(np.float32)
+        if not np.isfinite(m).all():
+            return None
+        patch = cv2.warpAffine(frame.image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
+        if self._drv_stats is None:
+            self._drv_stats = _ring_stats(frame.image, frame.landmarks)
+        return _match_colour(patch, self._drv_stats, self._lip_stats)
+
+    def _synthetic_mouth(self, inner: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A dark mouth cavity shaded from the lips' colour, with an upper teeth band."""
+        w, h = size
+        upper = inner[[0, 1, 2, 3, 4]]
+        lower = inner[[4, 5, 6, 7, 0]][::-1]
+        xs = np.arange(w, dtype=np.float32)
+        yu = np.interp(xs, *_sorted(upper))
+        yl = np.interp(xs, *_sorted(lower))
+        ys = np.arange(h, dtype=np.float32)[:, None]
+        v = np.clip((ys - yu) / np.maximum(yl - yu, 1.0), 0, 1)[..., None]  # 0 upper lip .. 1 lower lip
+        lip = self._lip_stats[0]
+        cavity = lip * (0.3 + 0.3 * np.abs(v - 0.6))
+        teeth = np.array([200, 192, 180], np.float32) * (lip.mean() / 140.0) ** 0.5
+        depth = np.clip((yl - yu)[None, :, None] / (0.12 * self._iod), 0, 1)  # no teeth in a narrow slit
+        band = np.clip((0.28 - v) / 0.1, 0, 1) * depth * 0.85
+        return cavity * (1 - band) + teeth * band
+
+
+def _sorted(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(points[:, 0])
+    return points[order, 0], points[order, 1]
+
+
+def _ring_stats(image: np.ndarray | None, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and standard deviation (YCrCb, and RGB mean) of the lips: between outer and inner lip outlines."""
+    if image is None:
+        return None
+    x0, y0 = np.floor(lm[48:60].min(0)).astype(int) - 1
+    x1, y1 = np.ceil(lm[48:60].max(0)).astype(int) + 2
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    crop = image[y0:y1, x0:x1]
+    mask = np.zeros(crop.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(lm[48:60] - (x0, y0)).astype(np.int32)], 1)
+    cv2.fillPoly(mask, [np.round(lm[60:68] - (x0, y0)).astype(np.int32)], 0)
+    if mask.sum() < 4:
+        mask[:] = 1
+    ycc = cv2.cvtColor(crop, cv2.COLOR_RGB2YCrCb)[mask > 0].astype(np.float32)
+    rgb = crop[mask > 0].astype(np.float32)
+    return rgb.mean(0), np.stack([ycc.mean(0), ycc.std(0) + 1.0])
+
+
+def _match_colour(patch: np.ndarray, driver: tuple | None, source: tuple | None) -> np.ndarray:
+    """Carry the driver's mouth into the source's lighting: luminance by ratio, chroma around the source's lips."""
+    if driver is None or source is None:
+        return patch.astype(np.float32)
+    (dm, ds), (sm, ss) = driver[1], source[1]
+    ycc = cv2.cvtColor(patch, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ycc[..., 0] *= sm[0] / max(dm[0], 1.0)
+    k = np.clip(ss[1:] / ds[1:], 0.0, 1.0)
+    ycc[..., 1:] = sm[1:] + (ycc[..., 1:] - dm[1:]) * k
+    out = cv2.cvtColor(np.clip(ycc, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+    return out.astype(np.float32)

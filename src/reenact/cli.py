@@ -86,7 +86,12 @@ def animate(
     crf: int = typer.Option(18, min=0, max=51, help="H.264 quality: lower is better and larger (18 is visually lossless)."),
     paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back",
                                     help="Paste the animated face back into the whole portrait, or write the crop alone."),
-    checkpoint: Optional[str] = typer.Option(None, help="Neural backends: checkpoint path or registry name."),
+    checkpoint: Optional[str] = typer.Option(None, help="Neural backends: checkpoint file or registry name "
+                                                        "(see `reenact models list`)."),
+    motion: Optional[str] = typer.Option(None, help="LIA: 'relative' (default: motion measured from the reference "
+                                                    "frame) or 'absolute' (for a driver of another framing)."),
+    dtype: Optional[str] = typer.Option(None, help="Neural backends: float32 (default) or bfloat16."),
+    device: Optional[str] = typer.Option(None, help="Neural backends: cpu or cuda (default: cuda when available)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Animate a portrait with a driver video's motion and write an MP4 with the driver's sound."""
@@ -95,7 +100,10 @@ def animate(
     _setup_logging(verbose)
     if size not in (256, 512):
         raise ReenactError(f"--size must be 256 or 512, not {size}")
-    options = {"checkpoint": checkpoint} if checkpoint else {}
+    given = {"checkpoint": checkpoint, "motion": motion, "dtype": dtype, "device": device}
+    options = {key: value for key, value in given.items() if value is not None}
+    if options and backend == "landmark":
+        raise ReenactError(f"--{', --'.join(options)} apply to neural backends, not the landmark backend")
     config = AnimateConfig(backend=backend, size=size, reference=reference, face_index=face_index, crf=crf,
                            paste_back=paste_back, backend_options=options)
     with progress_display() as progress:

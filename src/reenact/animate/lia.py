@@ -649,48 +649,87 @@ class Animator:
     """Batched LIA inference with the source encoded once.
 
     `set_source(img)` caches z_s, the skip features and alpha_s; `set_reference(img)` caches the
-    reference motion (relative mode); `__call__(imgs)` animates a batch of driver images.
-    Images are float tensors (B, 3, S, S) in [-1, 1]; outputs are the raw RGB (no clamping).
+    reference motion (relative mode, None: absolute); `__call__(imgs)` animates a batch of driver
+    images. Images are float tensors (B, 3, S, S) in [-1, 1]; outputs are the raw RGB (fp32).
+
+    Exact rewrites that make it fast (besides caching and batching):
+    * the scales of equalized-lr layers are multiplied into the weights once, and the sqrt(2)
+      gains of the activations and the 1/sqrt(2) of the residual sums into the next weights;
+    * a styled conv computes sqrt(2) d * lrelu(conv(s x) + b / d) instead of
+      sqrt(2) lrelu(d conv(s x) + b): leaky ReLU is positively homogeneous and d > 0, so the
+      per-sample factors (demodulation d, gain, next style) merge into one multiply per layer;
+    * the flow heads (1x1, 3 outputs) are per-sample matrix products; the warp samples the one
+      cached source feature map for the whole batch; elementwise work is done in place.
     """
 
     def __init__(self, gen: Generator, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  channels_last: bool = True):
         self.device, self.dtype = torch.device(device), dtype
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.mf = torch.channels_last if channels_last else torch.contiguous_format
         with torch.no_grad():
-            # motion map and direction basis in fp32 on the CPU, once (same Q on every device)
             g = copy.deepcopy(gen).float().cpu().eval().requires_grad_(False)
+            # motion map and direction basis in fp32 on the CPU, once (the same Q on every device)
             self.q = g.dec.direction.basis().detach().clone()
             self.motion_a, self.motion_b = (t.detach().clone() for t in g.enc.motion_affine())
             _bake(g)
+            self._prepare_encoder(g.enc.net_app)
+            self._prepare_decoder(g.dec)
         g.to(self.device, dtype=dtype)
-        if channels_last:
-            for p in g.parameters():
-                if p.dim() == 4:
-                    p.data = p.data.contiguous(memory_format=torch.channels_last)
         for f in g.dec.to_flows:  # the flow grid stays fp32
             f.grid = f.grid.float()
         self.gen = g
         self.q, self.motion_a, self.motion_b = (t.to(self.device) for t in (self.q, self.motion_a, self.motion_b))
-        dec = g.dec
-        self.styled = [dec.conv1.conv] + [c.conv for c in dec.convs] + [f.conv for f in dec.to_flows]
-        # all modulation layers as one linear map (fp32), and the squared weights for demodulation
-        self.mod_w = torch.cat([m.modulation.weight for m in self.styled]).float()
-        self.mod_b = torch.cat([m.modulation.bias for m in self.styled]).float()
-        self.splits = [m.in_channel for m in self.styled]
-        self.w2 = [(m.scale * m.weight[0].float()).pow(2).sum([2, 3]).T.contiguous() if m.demodulate else None
-                   for m in self.styled]
-        self.weights = [(m.scale * m.weight[0]).contiguous(memory_format=self.memory_format) for m in self.styled]
         self.source = None
         self.base = None
 
+    def _w(self, w: torch.Tensor) -> torch.Tensor:
+        w = w.detach().to(self.device, self.dtype)
+        return w.contiguous(memory_format=self.mf) if w.dim() == 4 else w.contiguous()
+
+    def _prepare_encoder(self, net: EncoderApp) -> None:
+        first, blocks, last = net.convs[0], net.convs[1:-1], net.convs[-1]
+        self.e_first = (self._w(first[0].weight), self._w(first[1].bias.flatten()))
+        self.e_blocks = []
+        c = SQRT2  # the stored activations are the true ones divided by c
+        for blk in blocks:
+            self.e_blocks.append(dict(
+                w1=self._w(blk.conv1[0].weight * c), b1=self._w(blk.conv1[1].bias.flatten()),
+                blur=blk.conv2[0].to(self.device), w2=self._w(blk.conv2[1].weight * SQRT2),
+                b2=self._w(blk.conv2[2].bias.flatten()), skip_blur=blk.skip[0].to(self.device),
+                ws=self._w(blk.skip[1].weight * c / SQRT2)))
+            c = 1.0
+        self.e_last = self._w(last.weight)
+
+    def _prepare_decoder(self, dec: Synthesis) -> None:
+        styled = [dec.conv1] + list(dec.convs)
+        mods = [m.conv for m in styled] + [f.conv for f in dec.to_flows]
+        # every modulation of a frame in one matrix product; squared weights for demodulation
+        self.mod_w = torch.cat([m.modulation.weight for m in mods]).float().to(self.device)
+        self.mod_b = torch.cat([m.modulation.bias for m in mods]).float().to(self.device)
+        self.splits = [m.in_channel for m in mods]
+        self.w2 = [(m.conv.scale * m.conv.weight[0]).pow(2).sum([2, 3]).T.contiguous().to(self.device)
+                   for m in styled]
+        self.d_w = [self._w((m.conv.scale * m.conv.weight[0]).transpose(0, 1) if m.conv.upsample
+                            else m.conv.scale * m.conv.weight[0]) for m in styled]
+        self.d_bias = [m.activate.bias.flatten().float().to(self.device) for m in styled]
+        self.d_blur = [m.conv.blur.to(self.device) if m.conv.upsample else None for m in styled]
+        self.f_w = [(f.conv.scale * f.conv.weight[0, :, :, 0, 0]).float().to(self.device) for f in dec.to_flows]
+        self.const = self._w(dec.input.input)
+
     def _image(self, img: torch.Tensor) -> torch.Tensor:
-        return img.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+        return img.to(self.device, self.dtype).contiguous(memory_format=self.mf)
 
     @torch.inference_mode()
     def latents(self, imgs: torch.Tensor) -> torch.Tensor:
-        """The appearance latents z (B, style_dim), fp32."""
-        return self.gen.enc.net_app(self._image(imgs), features=False)[0].float()
+        """The appearance latents z (B, style_dim) of driver frames, fp32 (fast encoder, no features)."""
+        w, b = self.e_first
+        h = F.leaky_relu(F.conv2d(self._image(imgs), w, b), 0.2, inplace=True)
+        for blk in self.e_blocks:
+            h1 = F.leaky_relu(F.conv2d(h, blk["w1"], blk["b1"], padding=1), 0.2, inplace=True)
+            a = F.leaky_relu(F.conv2d(blk["blur"](h1), blk["w2"], blk["b2"], stride=2), 0.2, inplace=True)
+            # skip: blur then a 1x1 stride-2 conv, so the blur is only evaluated where it is read
+            h = a.add_(F.conv2d(blk["skip_blur"](h, stride=2), blk["ws"]))
+        return F.conv2d(h, self.e_last).flatten(1).float()
 
     def motion(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.motion_a.T + self.motion_b
@@ -698,7 +737,7 @@ class Animator:
     @torch.inference_mode()
     def set_source(self, img: torch.Tensor) -> None:
         z, feats = self.gen.enc.net_app(self._image(img[:1]))
-        self.source = (z.float(), [f.float().contiguous() for f in feats])
+        self.source = (z.float(), [f.float().contiguous(memory_format=torch.channels_last) for f in feats])
         self.alpha_source = self.motion(z.float())
         self.base = z.float()
 
@@ -717,25 +756,38 @@ class Animator:
         z = self.base + self.motion(self.latents(imgs)) @ self.q.T  # (B, style_dim) fp32
         return self.decode(z)
 
+    def _styled(self, k: int, h: torch.Tensor, scale: torch.Tensor, style: torch.Tensor) -> tuple:
+        """Styled conv k on activations (true = scale * h): returns (h', scale') likewise."""
+        d = torch.rsqrt(style.pow(2) @ self.w2[k] + 1e-8)  # (B, out) fp32, > 0
+        x = h.mul_((style * scale).to(self.dtype)[:, :, None, None])
+        if self.d_blur[k] is not None:
+            x = self.d_blur[k](F.conv_transpose2d(x, self.d_w[k], stride=2))
+        else:
+            x = F.conv2d(x, self.d_w[k], padding=1)
+        x = F.leaky_relu(x.add_((self.d_bias[k] / d).to(self.dtype)[:, :, None, None]), 0.2, inplace=True)
+        return x, SQRT2 * d
+
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         dec, feats = self.gen.dec, self.source[1]
+        b = z.shape[0]
         styles = torch.split(z @ self.mod_w.T + self.mod_b, self.splits, dim=1)
-        demods = [torch.rsqrt(s.pow(2) @ w2 + 1e-8).to(self.dtype) if w2 is not None else None
-                  for s, w2 in zip(styles, self.w2)]
-        styles = [s.to(self.dtype) for s in styles]
-        n = len(dec.convs)
-        x = dec.input.input.expand(z.shape[0], -1, -1, -1).contiguous(memory_format=self.memory_format)
-        x = dec.conv1.activate(dec.conv1.conv.conv(x, styles[0], demods[0], self.weights[0]))
+        n = len(self.d_w)
+        h = self.const.expand(b, -1, -1, -1).contiguous(memory_format=self.mf)
+        h, m = self._styled(0, h, torch.ones_like(styles[0]), styles[0])
         skip = skip_flow = None
         for j, (to_rgb, to_flow, feat) in enumerate(zip(dec.to_rgbs, dec.to_flows, feats)):
-            for k in (1 + 2 * j, 2 + 2 * j):
-                sc = dec.convs[k - 1]
-                x = sc.activate(sc.conv.conv(x, styles[k], demods[k], self.weights[k]))
-            f = 1 + n + j
-            logits = to_flow.conv.conv(x, styles[f], None, self.weights[f])
+            h, m = self._styled(1 + 2 * j, h, m, styles[1 + 2 * j])
+            h, m = self._styled(2 + 2 * j, h, m, styles[2 + 2 * j])
+            # flow head: 1x1 modulated conv (no demodulation) as per-sample matrix products
+            wf = (self.f_w[j][None] * (styles[n + j] * m)[:, None, :]).to(self.dtype)  # (B, 3, C)
+            _, c, hh, ww = h.shape
+            hv = h.permute(0, 2, 3, 1).reshape(b, hh * ww, c)
+            logits = torch.bmm(hv, wf.transpose(1, 2)).view(b, hh, ww, 3).permute(0, 3, 1, 2)
+            x = h.mul_(m.to(self.dtype)[:, :, None, None])  # the true activations
             out_warp, x, skip_flow = to_flow.warp_step(logits, x, feat, skip_flow)
             skip = to_rgb(out_warp, skip)
+            h, m = x, torch.ones_like(m)
         return skip.float()
 
 

@@ -65,11 +65,16 @@ class LandmarkConfig:
     mouth_fill: bool = True  # fill an opening mouth instead of stretching the lips
     driver_mouth: bool = True  # fill it from the driver's mouth interior (needs driver images)
     mouth_darkness: float = 0.5  # the filled interior's mean brightness at most this times the lips'
+    eye_lids: bool = True  # paint lid skin over a shut eye
     eye_ratio: bool = True  # eyelids follow the driver's lid gap by ratio (blinks always close)
+    eye_closed: float = 0.45  # the driver's lid gap, over its reference gap, read as a shut eye
     max_eye_ratio: float = 1.1  # eyes open at most this much wider than the source's
     jaw: float = 0.3  # gain on the jaw outline's local motion (mostly 2-D shadows of head turns)
-    brows: float = 0.7  # gain on the brows' local motion
+    brows: float = 0.5  # gain on the brows' local motion
+    nose: float = 0.5  # gain on the nose's local motion (turns of the head)
+    eyes: float = 0.25  # gain on the eyes' local motion (lid gaps are set separately)
     mouth: float = 0.5  # gain on the lips' local motion (the opening itself is set separately)
+    opening: float = 1.0  # gain on the mouth opening
 
 
 # ------------------------------------------------------------------ geometry helpers
@@ -185,6 +190,8 @@ class LandmarkBackend:
         self._gain = np.ones(68)
         self._gain[0:17] = self.config.jaw
         self._gain[17:27] = self.config.brows
+        self._gain[27:36] = self.config.nose
+        self._gain[36:48] = self.config.eyes
         self._gain[48:68] = self.config.mouth
         self._down_ref = self._down(self._ref)
         self._src_lid = _gaps(self._src, LID_PAIRS, self._down_src)
@@ -214,7 +221,9 @@ class LandmarkBackend:
         down = self._down_src
         if cfg.eye_ratio:
             ref_gap = np.maximum(self._ref_lid, 1e-6)
-            ratio = np.clip(_gaps((z - b) / a, LID_PAIRS, self._down_ref) / ref_gap, 0.0, cfg.max_eye_ratio)
+            ratio = _gaps((z - b) / a, LID_PAIRS, self._down_ref) / ref_gap
+            # dlib never brings the lids of a closed eye together: a gap of `eye_closed` of the open one means shut.
+            ratio = np.clip((ratio - cfg.eye_closed) / (1.0 - cfg.eye_closed), 0.0, cfg.max_eye_ratio)
             usable = self._ref_lid > 0.04 * abs(self._ref[42:48].mean() - self._ref[36:42].mean())
             gaps = np.where(usable, self._src_lid * ratio, _gaps(local, LID_PAIRS, down))
         else:
@@ -222,7 +231,7 @@ class LandmarkBackend:
         _lerp_lid(local, LID_PAIRS, np.maximum(gaps, 0.0), down)
         # Mouth opening: the driver's inner-lip gap (scaled into the source) on top of whatever the source
         # shows beyond the driver's reference, so a reference caught mid-word neither clips nor inverts the motion.
-        gap = _gaps((z - b) / a, LIP_PAIRS, self._down_ref).mean() * abs(self._alpha) * cfg.expression
+        gap = _gaps((z - b) / a, LIP_PAIRS, self._down_ref).mean() * abs(self._alpha) * cfg.expression * cfg.opening
         gap = max(gap, 0.0) + max(self._src_lip - self._ref_lip * abs(self._alpha), 0.0)
         shift = (gap - _gaps(local, LIP_PAIRS, down).mean()) * down
         local += shift * LOWER_FACE  # move the lower lip and, less, the chin
@@ -281,7 +290,51 @@ class LandmarkBackend:
         image = cv2.remap(self.source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if self.config.mouth_fill:
             self._fill_mouth(image, target, frame, abs(a))
+        if self.config.eye_lids:
+            self._close_eyes(image, target, abs(a))
         return image
+
+    def _close_eyes(self, image: np.ndarray, target: np.ndarray, scale: float) -> None:
+        """Cover a (nearly) shut eye with lid skin and a lash line.
+
+        The smooth warp squeezes the eye into a slit but cannot cut it off; once
+        the target lids are mostly together, the eye's outline is painted with
+        the skin just above the upper lid, column by column, and a dark lash line
+        is drawn along the lower lid.
+        """
+        s = self.size
+        gaps = _gaps(_z(target), LID_PAIRS, self._down_src) / max(scale, 1e-6)
+        for k, eye in enumerate((slice(36, 42), slice(42, 48))):
+            closure = 1.0 - gaps[2 * k:2 * k + 2].mean() / max(self._src_lid[2 * k:2 * k + 2].mean(), 1e-6)
+            amount = float(np.clip((closure - 0.5) / 0.3, 0.0, 1.0))
+            if amount <= 0.0:
+                continue
+            pts = target[eye]
+            width = float(np.linalg.norm(pts[3] - pts[0]))
+            x0, x1 = int(np.floor(pts[:, 0].min())) - 2, int(np.ceil(pts[:, 0].max())) + 3
+            y0, y1 = int(np.floor(pts[:, 1].min() - 0.35 * width)), int(np.ceil(pts[:, 1].max())) + 3
+            if x0 < 0 or y0 < 0 or x1 > s or y1 > s or x1 - x0 < 4:
+                continue
+            region = image[y0:y1, x0:x1].astype(np.float32)
+            upper = pts[[0, 1, 2, 3]] - (x0, y0)
+            lower = pts[[0, 5, 4, 3]] - (x0, y0)
+            xs = np.arange(x1 - x0, dtype=np.float32)
+            yu = np.interp(xs, upper[:, 0], upper[:, 1])
+            yl = np.interp(xs, lower[:, 0], lower[:, 1])
+            rows = np.clip((yu[None] - width * np.linspace(0.12, 0.3, 4)[:, None]).round().astype(int), 0, y1 - y0 - 1)
+            skin = region[rows, np.arange(len(xs))[None]].mean(0)  # (w, 3): the lid skin above each column
+            mask = np.zeros(region.shape[:2], np.float32)
+            poly = np.concatenate([upper, lower[::-1]])
+            cv2.fillPoly(mask, [np.round(poly * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
+            mask = cv2.GaussianBlur(mask, (0, 0), 0.8 * s / 256 + 0.3) * amount
+            lash = np.zeros_like(mask)
+            line = np.stack([xs, (yu + yl) / 2 * 0.3 + yl * 0.7], 1)[2:-3]
+            cv2.polylines(lash, [np.round(line * 4).astype(np.int32)], False, 1.0, max(1, round(s / 256)),
+                          lineType=cv2.LINE_AA, shift=2)
+            lash *= 0.7 * amount
+            region += (skin[None] - region) * mask[..., None]
+            region *= 1.0 - 0.6 * lash[..., None]
+            image[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
 
     def _fill_mouth(self, image: np.ndarray, target: np.ndarray, frame: DriverFrame, scale: float) -> None:
         """Paint the mouth interior where the target lips open wider than the source's."""

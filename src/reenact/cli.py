@@ -137,6 +137,77 @@ def evaluate_face(
         sys.stdout.write(format_face_report(report) + "\n")
 
 
+models_app = typer.Typer(help="Known model checkpoints: list, download, locate.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+train_app = typer.Typer(help="Train a neural backend.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@models_app.command("list")
+@command
+def models_list() -> None:
+    """Known checkpoints: name, size, licence, source and whether it is downloaded."""
+    from reenact.models import list_models
+
+    for info, path, present in list_models():
+        size = f"{info.size / 2**20:.0f} MiB" if info.size else "size unknown"
+        sys.stdout.write(f"{info.name}: {info.description}\n  {'downloaded' if present else 'not downloaded'}: "
+                         f"{path}\n  source: {info.url or info.page}\n  sha256: {info.sha256 or 'unknown'}; "
+                         f"{size}\n  licence: {info.license}\n")
+
+
+@models_app.command("fetch")
+@command
+def models_fetch(
+    name: str = typer.Argument(..., help="Model name (see `reenact models list`)."),
+    force: bool = typer.Option(False, help="Download again even if the file is there."),
+) -> None:
+    """Download a checkpoint into the user cache (resumes an interrupted download)."""
+    from reenact.models import fetch
+
+    with Progress(TextColumn(name), BarColumn(), TextColumn("{task.completed:,.0f} B"), console=err,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task(name, total=None)
+        path = fetch(name, progress=lambda done, total: bar.update(task, completed=done, total=total), force=force)
+    sys.stdout.write(f"{path}\n")
+
+
+@models_app.command("path")
+@command
+def models_path(name: str = typer.Argument(..., help="Model name (see `reenact models list`).")) -> None:
+    """Print where a checkpoint is (or would be) cached."""
+    from reenact.models import model_path
+
+    sys.stdout.write(f"{model_path(name)}\n")
+
+
+@train_app.command("lia")
+@command
+def train_lia(
+    data: Path = typer.Option(..., help="Folder of videos and/or frame folders (one per video)."),
+    out: Path = typer.Option(Path("runs/lia"), help="Run folder: checkpoint/NNNNNN.pt and log/ (TensorBoard)."),
+    iters: int = typer.Option(800_000, help="Total training steps (a resumed run stops at the same step)."),
+    batch_size: int = typer.Option(32, help="Global batch size (split over torchrun processes)."),
+    size: int = typer.Option(256, help="Image size."),
+    lr: float = typer.Option(0.002, help="Base learning rate."),
+    save_every: int = typer.Option(1000, help="Checkpoint every N steps."),
+    log_every: int = typer.Option(100, help="Print losses every N steps."),
+    vgg_weights: Optional[Path] = typer.Option(None, help="torchvision VGG19 weights (vgg19-dcbb9e9d.pth); "
+                                                          "without it the perceptual loss is random (tests only)."),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32."),
+    verbose: bool = typer.Option(True, "--verbose/--quiet", "-v", help="Show progress messages."),
+) -> None:
+    """Train LIA on pairs of frames (resumes from the newest checkpoint in OUT). Multi-GPU:
+    torchrun --nproc_per_node N -m reenact.animate.lia_train --data DIR --out OUT."""
+    from reenact.animate.lia_train import TrainConfig, train
+
+    _setup_logging(verbose)
+    path = train(TrainConfig(data=str(data), out=str(out), iters=iters, batch_size=batch_size, size=size, lr=lr,
+                             save_every=save_every, log_every=log_every,
+                             vgg_weights=str(vgg_weights) if vgg_weights else None, precision=precision))
+    err.print(f"last checkpoint: {path}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

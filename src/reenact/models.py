@@ -141,8 +141,8 @@ def fetch(name: str | ModelInfo, progress: Callable[[int, int | None], None] | N
                                path) from exc
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ReenactError(f"cannot download {info.name} ({reason}); the partial download is kept and resumes "
-                           f"next time; or {manual_instructions(info)}", path) from exc
+        kept = "the partial download is kept and resumes next time; or " if partial.exists() else ""
+        raise ReenactError(f"cannot download {info.name} ({reason}); {kept}{manual_instructions(info)}", path) from exc
     if info.sha256 and (digest := sha256_file(partial)) != info.sha256:
         partial.unlink()
         raise ReenactError(f"downloaded {info.name} has sha256 {digest}, expected {info.sha256}; deleted it, "

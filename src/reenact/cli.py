@@ -208,6 +208,24 @@ def train_lia(
     err.print(f"last checkpoint: {path}", highlight=False)
 
 
+@app.command()
+@command
+def verify(
+    file: Path = typer.Argument(..., help="The video (or audio) file to check."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    frames: int = typer.Option(48, help="Video frames sampled for the watermark."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """Report each mark of reenact in FILE: C2PA manifest, video and audio watermarks, metadata.
+    Exits 0 when a mark of reenact is found, 1 when none is."""
+    from reenact.provenance.verify import format_verify_report, verify as run
+
+    _setup_logging(verbose)
+    report = run(file, max_frames=frames)
+    sys.stdout.write((json.dumps(report, indent=2) if as_json else format_verify_report(report)) + "\n")
+    raise typer.Exit(0 if report["marked"] else 1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

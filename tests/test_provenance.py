@@ -177,3 +177,21 @@ def test_verify_unmarked_and_signed_only(tmp_path: Path) -> None:
     report = verify(signed)
     assert report["marked"] and report["manifest"]["reenact"]
     assert "MARKED" in format_verify_report(report)
+
+
+def test_cli_verify_exit_codes(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from reenact.cli import app
+
+    src = _small_mp4(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", str(src)])
+    assert result.exit_code == 1 and "no mark of reenact found" in result.stdout
+    signed = sign_mp4(src, tmp_path / "signed.mp4", Claims(Payload.new()))
+    result = runner.invoke(app, ["verify", str(signed), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["manifest"]["state"] == "valid"
+    result = runner.invoke(app, ["verify", str(tmp_path / "missing.mp4")])
+    assert result.exit_code == 2

@@ -65,7 +65,7 @@ class LandmarkConfig:
     mouth_fill: bool = True  # fill an opening mouth instead of stretching the lips
     driver_mouth: bool = True  # fill it from the driver's mouth interior (needs driver images)
     mouth_darkness: float = 0.5  # the filled interior's mean brightness at most this times the lips'
-    eye_lids: bool = True  # paint lid skin over a shut eye
+    eye_lids: bool = True  # stretch the upper lid's skin over a shut eye
     eye_ratio: bool = True  # eyelids follow the driver's lid gap by ratio (blinks always close)
     eye_closed: float = 0.45  # the driver's lid gap, over its reference gap, read as a shut eye
     max_eye_ratio: float = 1.1  # eyes open at most this much wider than the source's
@@ -132,13 +132,12 @@ def border_points(size: int, per_side: int = 8) -> np.ndarray:
                            np.stack([e - t, np.full_like(t, e)], 1), np.stack([np.zeros_like(t), e - t], 1)]).astype(np.float32)
 
 
-def _lerp_lid(z: np.ndarray, pairs: list[tuple[int, int]], gaps: np.ndarray, down: complex) -> None:
-    """Set each (upper, lower) pair's gap along `down` to `gaps`, keeping the pair's midpoint."""
+def _lerp_lid(z: np.ndarray, pairs: list[tuple[int, int]], gaps: np.ndarray, down: complex, upper: float = 0.5) -> None:
+    """Set each (upper, lower) pair's gap along `down` to `gaps`; the upper point takes `upper` of the change."""
     for (u, l), g in zip(pairs, gaps):
-        m = (z[u] + z[l]) / 2
-        along = ((z[l] - z[u]) / down).imag  # component across the vertical axis: kept
-        z[u] = m - down * (g / 2) - 1j * down * (along / 2)
-        z[l] = m + down * (g / 2) + 1j * down * (along / 2)
+        change = g - ((z[l] - z[u]) / down).real
+        z[u] -= down * change * upper
+        z[l] += down * change * (1 - upper)
 
 
 def _gaps(z: np.ndarray, pairs: list[tuple[int, int]], down: complex) -> np.ndarray:
@@ -228,7 +227,7 @@ class LandmarkBackend:
             gaps = np.where(usable, self._src_lid * ratio, _gaps(local, LID_PAIRS, down))
         else:
             gaps = _gaps(local, LID_PAIRS, down)
-        _lerp_lid(local, LID_PAIRS, np.maximum(gaps, 0.0), down)
+        _lerp_lid(local, LID_PAIRS, np.maximum(gaps, 0.0), down, upper=0.8)  # blinks are the upper lid's
         # Mouth opening: the driver's inner-lip gap (scaled into the source) on top of whatever the source
         # shows beyond the driver's reference, so a reference caught mid-word neither clips nor inverts the motion.
         gap = _gaps((z - b) / a, LIP_PAIRS, self._down_ref).mean() * abs(self._alpha) * cfg.expression * cfg.opening
@@ -287,54 +286,55 @@ class LandmarkBackend:
     def animate_one(self, frame: DriverFrame) -> np.ndarray:
         target, extra, a = self.targets(frame.landmarks)
         map_x, map_y = self.warp_map(target, extra)
+        if self.config.eye_lids:
+            self._close_eyes(map_x, map_y, target, abs(a))
         image = cv2.remap(self.source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if self.config.mouth_fill:
             self._fill_mouth(image, target, frame, abs(a))
-        if self.config.eye_lids:
-            self._close_eyes(image, target, abs(a))
         return image
 
-    def _close_eyes(self, image: np.ndarray, target: np.ndarray, scale: float) -> None:
-        """Cover a (nearly) shut eye with lid skin and a lash line.
+    def _close_eyes(self, map_x: np.ndarray, map_y: np.ndarray, target: np.ndarray, scale: float) -> None:
+        """Stretch the upper lid's skin down over a (nearly) shut eye, in the backward maps.
 
-        The smooth warp squeezes the eye into a slit but cannot cut it off; once
-        the target lids are mostly together, the eye's outline is painted with
-        the skin just above the upper lid, column by column, and a dark lash line
-        is drawn along the lower lid.
+        The smooth warp squeezes the eye into a slit but cannot cut it off. Once
+        the target lids are mostly together, each column from a little above the
+        target upper lid down to the lower lid samples the source's upper-lid
+        skin, ending on the source's lash line, so the lid closes over the eye.
         """
         s = self.size
         gaps = _gaps(_z(target), LID_PAIRS, self._down_src) / max(scale, 1e-6)
+        src = _xy(self._src)
         for k, eye in enumerate((slice(36, 42), slice(42, 48))):
-            closure = 1.0 - gaps[2 * k:2 * k + 2].mean() / max(self._src_lid[2 * k:2 * k + 2].mean(), 1e-6)
-            amount = float(np.clip((closure - 0.5) / 0.3, 0.0, 1.0))
+            open_gap = max(self._src_lid[2 * k:2 * k + 2].mean(), 1e-6)
+            amount = float(np.clip((1.0 - gaps[2 * k:2 * k + 2].mean() / open_gap - 0.5) / 0.3, 0.0, 1.0))
             if amount <= 0.0:
                 continue
-            pts = target[eye]
+            pts, spts = target[eye], src[eye]
             width = float(np.linalg.norm(pts[3] - pts[0]))
-            x0, x1 = int(np.floor(pts[:, 0].min())) - 2, int(np.ceil(pts[:, 0].max())) + 3
-            y0, y1 = int(np.floor(pts[:, 1].min() - 0.35 * width)), int(np.ceil(pts[:, 1].max())) + 3
+            reach = max(0.7 * open_gap * scale, 0.15 * width)  # how much skin above the lid comes down
+            below = 0.6 * open_gap * scale  # rows under the closed lids where the squeezed eye could show
+            x0, x1 = int(np.floor(pts[:, 0].min())), int(np.ceil(pts[:, 0].max())) + 1
+            y0, y1 = int(np.floor(pts[:, 1].min() - reach)) - 1, int(np.ceil(pts[:, 1].max() + below)) + 2
             if x0 < 0 or y0 < 0 or x1 > s or y1 > s or x1 - x0 < 4:
                 continue
-            region = image[y0:y1, x0:x1].astype(np.float32)
-            upper = pts[[0, 1, 2, 3]] - (x0, y0)
-            lower = pts[[0, 5, 4, 3]] - (x0, y0)
-            xs = np.arange(x1 - x0, dtype=np.float32)
-            yu = np.interp(xs, upper[:, 0], upper[:, 1])
-            yl = np.interp(xs, lower[:, 0], lower[:, 1])
-            rows = np.clip((yu[None] - width * np.linspace(0.12, 0.3, 4)[:, None]).round().astype(int), 0, y1 - y0 - 1)
-            skin = region[rows, np.arange(len(xs))[None]].mean(0)  # (w, 3): the lid skin above each column
-            mask = np.zeros(region.shape[:2], np.float32)
-            poly = np.concatenate([upper, lower[::-1]])
-            cv2.fillPoly(mask, [np.round(poly * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
-            mask = cv2.GaussianBlur(mask, (0, 0), 0.8 * s / 256 + 0.3) * amount
-            lash = np.zeros_like(mask)
-            line = np.stack([xs, (yu + yl) / 2 * 0.3 + yl * 0.7], 1)[2:-3]
-            cv2.polylines(lash, [np.round(line * 4).astype(np.int32)], False, 1.0, max(1, round(s / 256)),
-                          lineType=cv2.LINE_AA, shift=2)
-            lash *= 0.7 * amount
-            region += (skin[None] - region) * mask[..., None]
-            region *= 1.0 - 0.6 * lash[..., None]
-            image[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+            xs = np.arange(x0, x1, dtype=np.float32)
+            yu = np.interp(xs, *_sorted(pts[[0, 1, 2, 3]]))
+            yl = np.maximum(np.interp(xs, *_sorted(pts[[0, 5, 4, 3]])), yu)
+            sx = map_x[np.clip(yu.round().astype(int), 0, s - 1), xs.astype(int)]
+            su = np.interp(sx, *_sorted(spts[[0, 1, 2, 3]]))  # the source's upper lash line (source pixels)
+            sl = np.interp(sx, *_sorted(spts[[0, 5, 4, 3]]))  # and its lower lid
+            ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+            top = yu - reach
+            t = (ys - top) / np.maximum(yl - top, 1e-3)
+            margin = 0.2 * open_gap  # stop short of the lash line's dark band and of the eye itself
+            want = np.where(ys <= yl, su - margin - (1.0 - np.clip(t, 0, 1)) * reach / scale,  # upper lid skin
+                            sl + margin + (ys - yl) / scale)  # then the lower lid's skin
+            depth = (ys - yl) / max(below, 1e-3)  # 0 at the closed lid line, 1 at the end of the band below
+            inside = np.clip(np.minimum((t + 0.15) / 0.15, (1.0 - depth) / 0.3), 0, 1)  # feathered top and bottom
+            taper = np.clip(np.minimum(xs - pts[0, 0], pts[3, 0] - xs) / (0.08 * width) + 0.3, 0, 1)
+            w = (inside * taper * amount).astype(np.float32)
+            box = np.s_[y0:y1, x0:x1]
+            map_y[box] += (want.astype(np.float32) - map_y[box]) * w
 
     def _fill_mouth(self, image: np.ndarray, target: np.ndarray, frame: DriverFrame, scale: float) -> None:
         """Paint the mouth interior where the target lips open wider than the source's."""

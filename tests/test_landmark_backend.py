@@ -1,0 +1,180 @@
+"""The landmark backend on a drawn face (fast), plus one run on real assets when ../shared is present."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reenact.animate.base import BACKENDS, Backend, DriverFrame, SourceFace, create_backend
+from reenact.animate.landmark import LandmarkBackend, fit_similarity, _z
+from reenact.face.pose import eye_opening, mouth_opening
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# A frontal face's 68 iBUG landmarks in a 256 crop (closed mouth, open eyes).
+FACE = np.array([
+    [61, 103], [64, 121], [68, 137], [73, 153], [79, 169], [89, 183], [100, 196], [114, 206], [129, 209],
+    [143, 204], [160, 195], [173, 183], [183, 169], [190, 152], [193, 134], [195, 115], [195, 98],
+    [68, 95], [77, 90], [88, 93], [98, 97], [107, 101], [132, 100], [143, 95], [154, 90], [166, 88], [178, 90],
+    [120, 110], [120, 122], [120, 133], [120, 144], [113, 151], [117, 153], [123, 154], [128, 152], [133, 150],
+    [83, 110], [90, 106], [99, 107], [105, 112], [98, 113], [89, 113],
+    [140, 110], [146, 104], [155, 103], [163, 106], [156, 110], [149, 111],
+    [104, 170], [112, 167], [119, 164], [125, 166], [130, 163], [140, 164], [151, 165], [141, 175],
+    [132, 181], [127, 182], [120, 182], [113, 178],
+    [108, 171], [119, 171], [126, 171], [131, 170], [145, 167], [131, 170], [126, 172], [120, 171],
+], np.float32)
+
+
+def drawn_face(lm: np.ndarray, size: int = 256) -> np.ndarray:
+    """A textured background, a skin-coloured face, dark eyes and red lips at the landmarks."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((size, size, 3)) * 40 + 90).astype(np.uint8)
+    image = cv2.GaussianBlur(image, (0, 0), 2)
+    hull = cv2.convexHull(np.concatenate([lm[:27], lm[17:27] - (0, 30)]).astype(np.int32))
+    cv2.fillConvexPoly(image, hull, (220, 180, 150), cv2.LINE_AA)
+    for eye in (slice(36, 42), slice(42, 48)):
+        cv2.fillPoly(image, [lm[eye].astype(np.int32)], (40, 30, 30), cv2.LINE_AA)
+    cv2.fillPoly(image, [lm[48:60].astype(np.int32)], (190, 70, 80), cv2.LINE_AA)
+    return image
+
+
+def prepared(size: int = 256, **options) -> tuple[LandmarkBackend, np.ndarray, np.ndarray]:
+    lm = FACE * size / 256
+    image = drawn_face(lm, size)
+    backend = LandmarkBackend(size=size, **options)
+    backend.prepare(SourceFace(image, lm), DriverFrame(0, lm, image))
+    return backend, image, lm
+
+
+def open_mouth(lm: np.ndarray, by: float) -> np.ndarray:
+    out = lm.copy()
+    out[[55, 56, 57, 58, 59, 65, 66, 67]] += (0, by)
+    out[5:12] += (0, by * 0.6)
+    return out
+
+
+def test_registered_and_protocol():
+    assert "landmark" in BACKENDS
+    backend = create_backend("landmark", size=256)
+    assert isinstance(backend, Backend)
+    assert backend.needs_driver_images
+
+
+def test_shape_and_dtype():
+    for size in (256, 512):
+        backend, _, lm = prepared(size)
+        out = backend.animate([DriverFrame(i, lm) for i in range(3)])
+        assert out.shape == (3, size, size, 3) and out.dtype == np.uint8
+
+
+def test_reference_frame_gives_the_source():
+    backend, image, lm = prepared()
+    out = backend.animate([DriverFrame(0, lm, image)])[0]
+    assert np.abs(out.astype(int) - image).mean() < 0.5
+
+
+def test_driver_at_another_place_and_size_still_gives_the_source():
+    """Relative motion: a reference and frame that agree mean no motion, wherever the driver's face is."""
+    backend = LandmarkBackend(size=256)
+    image = drawn_face(FACE)
+    driver = FACE * 0.7 + (30, 10)
+    backend.prepare(SourceFace(image, FACE), DriverFrame(0, driver))
+    target, _, _ = backend.targets(driver)
+    assert np.abs(target - FACE).max() < 1e-3
+
+
+def test_mouth_opening_moves_the_lips_and_fills_the_mouth():
+    backend, image, lm = prepared()
+    opened = open_mouth(lm, 14)
+    target, _, _ = backend.targets(opened)
+    assert mouth_opening(target) > mouth_opening(lm) + 0.15
+    assert target[57, 1] > lm[57, 1] + 10 and abs(target[51, 1] - lm[51, 1]) < 3
+    driver_image = drawn_face(opened)
+    cv2.fillPoly(driver_image, [opened[60:68].astype(np.int32)], (30, 10, 10))  # a dark open mouth
+    out = backend.animate([DriverFrame(1, opened, driver_image)])[0]
+    inside = np.zeros((256, 256), np.uint8)
+    cv2.fillPoly(inside, [cv2.convexHull(target[60:68].astype(np.int32))], 1)
+    inside = cv2.erode(inside, np.ones((3, 3), np.uint8)) > 0
+    lips = np.zeros((256, 256), np.uint8)
+    cv2.fillPoly(lips, [target[48:60].astype(np.int32)], 1)
+    lips = (lips > 0) & ~inside
+    assert out[inside].mean() < 0.7 * out[lips].mean()  # a dark mouth, not stretched lips
+
+
+def test_mouth_fill_without_driver_images():
+    backend, image, lm = prepared(driver_mouth=False)
+    assert not backend.needs_driver_images
+    opened = open_mouth(lm, 14)
+    out = backend.animate([DriverFrame(1, opened)])[0]
+    target, _, _ = backend.targets(opened)
+    c = target[[62, 66]].mean(0).astype(int)
+    assert out[c[1] + 2, c[0]].mean() < 100  # dark cavity under the teeth band
+
+
+def test_blink_closes_the_eyes():
+    backend, image, lm = prepared()
+    shut = lm.copy()
+    for upper, lower in [(37, 41), (38, 40), (43, 47), (44, 46)]:
+        shut[upper] = shut[lower] - (0, 1)
+    target, _, _ = backend.targets(shut)
+    assert eye_opening(target) < 0.05
+    out = backend.animate([DriverFrame(1, shut, image)])[0]
+    for eye in (slice(36, 42), slice(42, 48)):
+        box = lm[eye].mean(0).astype(int)
+        before = image[box[1] - 2:box[1] + 3, box[0] - 3:box[0] + 4].mean()
+        after = out[box[1] - 2:box[1] + 3, box[0] - 3:box[0] + 4].mean()
+        assert before < 80 and after > 120  # the dark eye is covered by skin
+
+
+def test_warp_fades_to_identity_at_the_border():
+    backend, image, lm = prepared()
+    a, b = complex(np.exp(0.15j) * 1.1), complex(25, -15)  # a big head move: turn, grow, shift
+    moved = _z(lm) * a + b
+    moved = np.stack([moved.real, moved.imag], 1).astype(np.float32)
+    out = backend.animate([DriverFrame(1, moved, image)])[0].astype(int)
+    band = 4
+    for edge in (np.s_[:band], np.s_[-band:], np.s_[:, :band], np.s_[:, -band:]):
+        assert np.abs(out[edge] - image[edge]).max() <= 2
+    assert np.abs(out - image).mean() > 5  # while the face did move
+    target, _, _ = backend.targets(moved)
+    aa, _ = fit_similarity(_z(lm), _z(target))
+    assert abs(np.angle(aa) - 0.15) < 0.02 and abs(abs(aa) - 1.1) < 0.02
+
+
+def test_unknown_option_is_an_error():
+    from reenact.errors import ReenactError
+
+    with pytest.raises(ReenactError):
+        LandmarkBackend(size=256, wiggle=3)
+
+
+@pytest.mark.slow
+def test_real_driver_mouth_and_identity():
+    """Taylor animated by 3 s of vox_driving2: the output's re-detected mouth follows the driver's."""
+    if not (SHARED / "assets").is_dir():
+        pytest.skip("../shared/assets is missing (real portraits and drivers live there)")
+    from reenact.face.align import Crop, face_box
+    from reenact.face.detect import FaceDetector, FaceEmbedder
+    from reenact.face.pose import closest_pose
+    from reenact.media.video import iter_frames
+
+    detector, embedder = FaceDetector(), FaceEmbedder()
+    source = cv2.cvtColor(cv2.imread(str(SHARED / "assets/portraits/taylor.png")), cv2.COLOR_BGR2RGB)
+    face = detector.detect(source)[0]
+    crop = Crop.from_box(face_box(face.landmarks), 256)
+    source_face = SourceFace(crop.apply(source), crop.to_crop(face.landmarks))
+    frames = []
+    for i, image in zip(range(75), iter_frames(SHARED / "assets/drivers/vox_driving2.mp4")):
+        frames.append(DriverFrame(i, detector.detect(image)[0].landmarks, image))  # 256x256: the crop
+    lms = np.stack([f.landmarks for f in frames])
+    backend = LandmarkBackend(size=256)
+    backend.prepare(source_face, frames[closest_pose(lms, source_face.landmarks)])
+    out = backend.animate(frames)
+    faces = [detector.detect(o) for o in out]
+    assert all(faces)
+    got = np.stack([f[0].landmarks for f in faces])
+    assert np.corrcoef(mouth_opening(got), mouth_opening(lms))[0, 1] > 0.8
+    reference = embedder.embed(source_face.image, detector.detect(source_face.image)[0])
+    distances = [np.linalg.norm(embedder.embed(o, f[0]) - reference) for o, f in zip(out[::10], faces[::10])]
+    assert np.median(distances) < 0.4

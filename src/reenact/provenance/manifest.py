@@ -271,8 +271,10 @@ def read_manifest(path: str | Path, trust: Path | None = None) -> dict:
             store = json.loads(reader.json())
     except c2pa.C2paError as exc:
         text = str(exc)
-        if "ManifestNotFound" in text or "JumbfNotFound" in text or "NotFound" in type(exc).__name__:
+        if "NotFound" in type(exc).__name__ or "ManifestNotFound" in text:
             return {"state": "absent"}
+        if "NotSupported" in type(exc).__name__ or "NotSupported" in text:
+            return {"state": "absent", "note": f"C2PA does not cover this format ({path.suffix or 'no suffix'})"}
         return {"state": "invalid", "error": text}
     active = store.get("manifests", {}).get(store.get("active_manifest"), {})
     failures = [f.get("code") for f in (results.get("activeManifest", {}) or {}).get("failure", [])]

@@ -74,13 +74,15 @@ def _luma(frame: np.ndarray) -> np.ndarray:
     return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
 
 
-def _texture_mask(y: np.ndarray, chip: float) -> np.ndarray:
+def _texture_mask(frame: np.ndarray, chip: float) -> np.ndarray:
     """Mild perceptual weight: 0.6 on flat areas (where grain shows) up to 1.3 on texture."""
-    small = cv2.resize(y, (max(y.shape[1] // 4, 1), max(y.shape[0] // 4, 1)), interpolation=cv2.INTER_AREA)
+    h, w = frame.shape[:2]
+    small = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (max(w // 4, 1), max(h // 4, 1)),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
     detail = np.abs(small - cv2.GaussianBlur(small, (0, 0), max(chip / 4, 0.7)))
     detail = cv2.GaussianBlur(detail, (0, 0), 2.0)
     mask = 0.6 + 0.7 * np.clip(detail / 6.0, 0.0, 1.0)
-    return cv2.resize(mask, (y.shape[1], y.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass
@@ -104,10 +106,10 @@ class VideoMarker:
     def mark(self, frame: np.ndarray) -> np.ndarray:
         """The frame (H, W, 3) uint8 RGB with the watermark added to its luma."""
         h, w = frame.shape[:2]
-        delta = self.field(h, w) * _texture_mask(_luma(frame), min(h, w) / GRID)
-        delta *= self.amplitude / max(float(np.sqrt(np.mean(delta**2))), 1e-6)
-        out = frame.astype(np.float32) + delta[..., None]
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        delta = self.field(h, w) * _texture_mask(frame, min(h, w) / GRID)
+        delta *= self.amplitude / max(float(np.sqrt(np.dot(delta.ravel(), delta.ravel()) / delta.size)), 1e-6)
+        # The same change on R, G and B changes Y only; cv2.add rounds and saturates.
+        return cv2.add(np.ascontiguousarray(frame), cv2.merge([delta, delta, delta]), dtype=cv2.CV_8U)
 
 
 def _highpass(y: np.ndarray) -> np.ndarray:

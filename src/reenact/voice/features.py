@@ -1,0 +1,188 @@
+"""Speech features shared by dataset preparation, training, conversion and measures.
+
+WORLD analysis/synthesis (pyworld: DIO + StoneMask F0, CheapTrick envelope, D4C
+aperiodicity), a mel-cepstrum computed as the DCT of the log envelope sampled on a
+warped (all-pass, alpha) frequency axis, log-F0 statistics, and frame energies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyworld
+from scipy.fft import dct, idct
+
+from reenact.errors import ReenactError
+from reenact.media.audio import Audio, read_audio
+
+log = logging.getLogger(__name__)
+
+FRAME_PERIOD = 5.0  # ms
+F0_FLOOR, F0_CEIL = 55.0, 700.0
+
+
+@dataclass
+class World:
+    """WORLD parameters of one utterance: f0 (T,), envelope sp (T, F), aperiodicity ap (T, F)."""
+
+    f0: np.ndarray
+    sp: np.ndarray
+    ap: np.ndarray
+    sample_rate: int
+    frame_period: float = FRAME_PERIOD
+
+
+def load_mono(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode any file FFmpeg reads (video too) to mono float64 at `sample_rate`."""
+    audio = read_audio(path, sample_rate=sample_rate, mono=True)
+    return audio.mono().astype(np.float64)
+
+
+def to_mono(audio: Audio, sample_rate: int) -> np.ndarray:
+    """Downmix and resample an in-memory `Audio` to mono float64."""
+    x = audio.mono().astype(np.float64)
+    if audio.sample_rate != sample_rate:
+        x = resample(x, audio.sample_rate, sample_rate)
+    return x
+
+
+def resample(x: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    g = np.gcd(int(rate), int(new_rate))
+    return resample_poly(x, new_rate // g, rate // g)
+
+
+def analyze(x: np.ndarray, fs: int, frame_period: float = FRAME_PERIOD) -> World:
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    f0, t = pyworld.dio(x, fs, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=frame_period)
+    f0 = pyworld.stonemask(x, f0, t, fs)
+    sp = pyworld.cheaptrick(x, f0, t, fs)
+    ap = pyworld.d4c(x, f0, t, fs)
+    return World(f0, sp, ap, fs, frame_period)
+
+
+def f0_track(x: np.ndarray, fs: int, frame_period: float = FRAME_PERIOD, floor: float = F0_FLOOR,
+             ceil: float = F0_CEIL) -> np.ndarray:
+    """F0 in Hz per frame (DIO + StoneMask), 0 where unvoiced."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    f0, t = pyworld.dio(x, fs, f0_floor=floor, f0_ceil=ceil, frame_period=frame_period)
+    return pyworld.stonemask(x, f0, t, fs)
+
+
+def synthesize(w: World) -> np.ndarray:
+    sp = np.ascontiguousarray(w.sp, dtype=np.float64)
+    ap = np.ascontiguousarray(np.clip(w.ap, 1e-6, 1.0), dtype=np.float64)
+    return pyworld.synthesize(np.ascontiguousarray(w.f0, dtype=np.float64), sp, ap, w.sample_rate, w.frame_period)
+
+
+def mel_alpha(fs: int) -> float:
+    """All-pass constant that approximates the mel scale (SPTK's table, interpolated)."""
+    rates = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000]
+    alphas = [0.31, 0.357, 0.41, 0.455, 0.466, 0.504, 0.544, 0.554]
+    return float(np.interp(fs, rates, alphas))
+
+
+def _warped_axis(n_bins: int, alpha: float) -> np.ndarray:
+    """Linear-frequency bin positions (0..n_bins-1) of `n_bins` points equally spaced in warped frequency."""
+    w = np.linspace(0, np.pi, n_bins)
+    # inverse all-pass warping: omega = w - 2 atan(alpha sin w / (1 + alpha cos w))
+    omega = w - 2 * np.arctan(alpha * np.sin(w) / (1 + alpha * np.cos(w)))
+    return omega / np.pi * (n_bins - 1)
+
+
+def interp_matrix(positions: np.ndarray, n: int) -> np.ndarray:
+    """Matrix M (n, len(positions)) such that v @ M linearly interpolates v (length n) at `positions`."""
+    pos = np.clip(positions, 0, n - 1)
+    lo = np.minimum(np.floor(pos).astype(int), n - 2) if n > 1 else np.zeros(len(pos), int)
+    frac = pos - lo
+    m = np.zeros((n, len(pos)))
+    cols = np.arange(len(pos))
+    m[lo, cols] += 1 - frac
+    if n > 1:
+        m[lo + 1, cols] += frac
+    return m
+
+
+class Cepstrum:
+    """Mel-cepstrum <-> power envelope for one sample rate and FFT size: two matrix products.
+
+    The cepstrum is the orthonormal DCT-II of the natural log of the power envelope
+    sampled at points equally spaced on the all-pass (mel) warped frequency axis.
+    """
+
+    def __init__(self, fs: int, n_bins: int, dims: int = 40) -> None:
+        self.fs, self.n_bins, self.dims = fs, n_bins, dims
+        axis = _warped_axis(n_bins, mel_alpha(fs))
+        warp = interp_matrix(axis, n_bins)  # linear bins -> warped points
+        basis = dct(np.eye(n_bins), type=2, norm="ortho", axis=-1)[:, :dims]
+        self.enc = warp @ basis  # (n_bins, dims)
+        unwarp = interp_matrix(np.interp(np.arange(n_bins), axis, np.arange(n_bins)), n_bins)
+        self.dec = basis.T @ unwarp  # (dims, n_bins)
+
+    def encode(self, sp: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(sp, 1e-16)) @ self.enc
+
+    def decode(self, mc: np.ndarray) -> np.ndarray:
+        return np.exp(mc[:, : self.dims] @ self.dec[: mc.shape[1]])
+
+
+@lru_cache(maxsize=8)
+def cepstrum(fs: int, n_bins: int, dims: int = 40) -> Cepstrum:
+    return Cepstrum(fs, n_bins, dims)
+
+
+def warp_envelope(sp: np.ndarray, ratio: float) -> np.ndarray:
+    """Stretch an envelope along frequency: formants at f move to f * ratio (log-domain interpolation)."""
+    n = sp.shape[1]
+    return np.exp(np.log(np.maximum(sp, 1e-16)) @ interp_matrix(np.arange(n) / ratio, n))
+
+
+def fill_band(sp: np.ndarray, speech: np.ndarray, margin: int = 3) -> tuple[np.ndarray, int]:
+    """Extend a band-limited envelope (e.g. 16 kHz audio analysed at 24 kHz) flat above its edge.
+
+    Returns the filled envelope and the edge bin (n_bins when the input is full band).
+    """
+    n = sp.shape[1]
+    rows = sp[speech] if speech.any() else sp
+    ltas = np.log(np.maximum(rows, 1e-16)).mean(axis=0)
+    ref = np.median(ltas[: max(2, n // 6)])
+    alive = np.nonzero(ltas > ref - 12.0)[0]  # 12 nats ~ 52 dB below the low band
+    edge = int(alive[-1]) + 1 if len(alive) else n
+    if edge >= n - margin:
+        return sp, n
+    cut = max(1, edge - margin)
+    out = sp.copy()
+    out[:, cut:] = sp[:, cut - 1 : cut]
+    return out, edge
+
+
+def lf0_stats(f0: np.ndarray) -> tuple[float, float, int]:
+    """Mean and standard deviation of log-F0 over voiced frames, and their count."""
+    v = f0[f0 > 0]
+    if len(v) == 0:
+        return 0.0, 0.0, 0
+    lf = np.log(v)
+    return float(lf.mean()), float(lf.std()), int(len(v))
+
+
+def frame_db(x: np.ndarray, sr: int, frame: float = 0.02, hop: float = 0.01) -> np.ndarray:
+    """RMS level in dBFS of frames of `frame` seconds every `hop` seconds."""
+    n, h = max(1, int(sr * frame)), max(1, int(sr * hop))
+    if len(x) < n:
+        x = np.pad(x, (0, n - len(x)))
+    count = 1 + (len(x) - n) // h
+    idx = np.arange(n)[None, :] + h * np.arange(count)[:, None]
+    rms = np.sqrt(np.mean(np.square(x[idx]), axis=1) + 1e-12)
+    return 20 * np.log10(rms + 1e-10)
+
+
+def check_signal(x: np.ndarray, sr: int, path: Path | None, min_seconds: float = 0.05) -> None:
+    if not np.all(np.isfinite(x)):
+        raise ReenactError("audio contains NaN or infinite samples", path)
+    if len(x) < sr * min_seconds:
+        raise ReenactError(f"audio is too short ({len(x) / sr * 1000:.0f} ms; at least {min_seconds * 1000:.0f} ms)", path)

@@ -1,0 +1,417 @@
+"""Offline voice backend on the WORLD vocoder: trains in seconds on a CPU, no downloaded weights.
+
+Training analyses the target speaker's clips with WORLD and keeps: log-F0 statistics,
+mel-cepstral statistics for voiced and unvoiced frames, the long-term average
+envelope of voiced frames, and a pool of the target's mel-cepstral frames.
+
+Conversion analyses the driver's speech, maps its F0 to the target's log-F0
+statistics (automatic transposition) or transposes it by N semitones, converts
+its spectral envelope, and resynthesises with WORLD. Spectral methods:
+
+- ``warp``: frequency warping of the envelope by the ratio that best matches the
+  target's long-term average envelope, then a per-coefficient mean and variance
+  mapping of the mel-cepstrum to the target's statistics.
+- ``knn``: each driver frame is replaced by the mean of its k nearest target frames
+  (same voicing) in a speaker-normalised space (mel-cepstra with per-speaker mean and
+  variance normalisation), then smoothed over time: the DSP ancestor of kNN-VC.
+- ``warp-knn``: the ``warp`` result is the query for the kNN search, and the output
+  blends the neighbours' mean with it.
+
+The model is one safetensors file; its metadata (key ``reenact``) is JSON: sample
+rate, method, statistics, training data summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pyworld
+from safetensors.numpy import load_file, save_file
+
+from reenact.errors import ReenactError
+from reenact.media.audio import Audio
+from reenact.voice import features as F
+
+log = logging.getLogger(__name__)
+
+FORMAT = "reenact-voice-world"
+METHODS = ("warp", "knn", "warp-knn")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "knn"
+    sample_rate: int = 24000
+    dims: int = 40  # mel-cepstral coefficients kept
+    match_dims: int = 24  # coefficients 1..match_dims-1 are compared in the kNN search
+    k: int = 4  # neighbours averaged per frame
+    smooth: int = 3  # frames of the moving average over the converted cepstra
+    blend: float = 1.0  # warp-knn: weight of the neighbours' mean against the warped frame
+    target_ap: bool = True  # kNN methods: take the aperiodicity of the chosen target frames
+    target_energy: float = 0.0  # kNN methods: weight of the chosen frames' level (c0) against the driver's
+    iterations: int = 0  # kNN methods: INCA-like refits of an affine map from driver to target frames
+    ridge: float = 1.0  # ... pulled towards the identity with this weight per frame
+    max_pool: int = 120_000  # target frames kept for the search
+    min_minutes: float = 1.0  # smaller datasets are refused
+    workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class VoiceModel:
+    """A trained WORLD voice: tensors plus metadata, as stored in the model file."""
+
+    meta: dict
+    tensors: dict[str, np.ndarray] = field(repr=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def pool(self, voiced: bool, match_dims: int):
+        """Search keys (target-normalised cepstra, torch) and values (cepstra + coded aperiodicity)."""
+        import torch
+
+        key = (voiced, match_dims)
+        if key not in self._cache:
+            t = self.tensors
+            sel = t["pool_voiced"].astype(bool) == voiced
+            if sel.sum() < 16:
+                sel[:] = True
+            name = "voiced" if voiced else "unvoiced"
+            mc = t["pool_mc"][sel].astype(np.float32)
+            mean, std = t[f"mc_mean_{name}"][1:match_dims], t[f"mc_std_{name}"][1:match_dims]
+            keys = torch.from_numpy((mc[:, 1:match_dims] - mean) / std)
+            values = torch.from_numpy(np.concatenate([mc, t["pool_ap"][sel].astype(np.float32)], axis=1))
+            self._cache[key] = (keys, (keys * keys).sum(1), values)
+        return self._cache[key]
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.meta["sample_rate"])
+
+    @property
+    def method(self) -> str:
+        return str(self.meta["method"])
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp),
+                      metadata={"reenact": json.dumps(self.meta)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VoiceModel":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ReenactError("voice model not found", path)
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = json.loads((f.metadata() or {}).get("reenact", "{}"))
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises several types for a bad file
+            raise ReenactError(f"is not a reenact voice model ({type(exc).__name__})", path) from None
+        if meta.get("format") != FORMAT:
+            raise ReenactError("is not a reenact voice model (metadata has no 'reenact' format)", path)
+        return cls(meta, tensors)
+
+
+# ---------------------------------------------------------------- training
+
+
+def _analyse_clip(args: tuple[str, int, int]) -> dict:
+    path, fs, dims = args
+    x = F.load_mono(path, fs)
+    w = F.analyze(x, fs)
+    speech = speech_frames(w.sp)
+    sp, _ = F.fill_band(w.sp, speech)
+    mc = F.cepstrum(fs, sp.shape[1], dims).encode(sp)
+    cap = pyworld.code_aperiodicity(np.ascontiguousarray(w.ap), fs)
+    voiced = (w.f0 > 0) & speech
+    logsp = np.log(np.maximum(sp[voiced], 1e-16))
+    return {"mc": mc[speech].astype(np.float32), "ap": cap[speech].astype(np.float32), "voiced": voiced[speech],
+            "f0": w.f0[w.f0 > 0],
+            "ltas_sum": logsp.sum(axis=0), "ltas_n": int(voiced.sum()), "seconds": len(x) / fs}
+
+
+def speech_frames(sp: np.ndarray, floor_db: float = 45.0) -> np.ndarray:
+    """Frames within `floor_db` of the utterance's loud frames (not silence)."""
+    level = 10 * np.log10(np.mean(sp, axis=1) + 1e-20)
+    if len(level) == 0:
+        return np.zeros(0, bool)
+    return level > np.percentile(level, 95) - floor_db
+
+
+def dataset_clips(dataset_dir: Path) -> list[Path]:
+    """Clips of a dataset folder: those in its manifest, else every audio file under it."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise ReenactError("dataset folder not found", dataset_dir)
+    manifest = dataset_dir / "manifest.json"
+    if manifest.is_file():
+        clips = json.loads(manifest.read_text())["clips"]
+        return [dataset_dir / c["file"] for c in clips]
+    exts = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff"}
+    return sorted(p for p in dataset_dir.rglob("*") if p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = None) -> Path:
+    """Train a WORLD voice model on the clips of `dataset_dir`; write it to `out_path` (one file)."""
+    config = config or TrainConfig()
+    if config.method not in METHODS:
+        raise ReenactError(f"unknown voice method {config.method!r}; choose one of {', '.join(METHODS)}")
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise ReenactError("is a folder; give a model file name such as voice.safetensors", out_path)
+    if not out_path.parent.exists():
+        raise ReenactError(f"output folder {out_path.parent} does not exist; create it first", out_path)
+    clips = dataset_clips(dataset_dir)
+    if not clips:
+        raise ReenactError("dataset has no audio clips (run `reenact voice prepare` first)", dataset_dir)
+    start = time.perf_counter()
+    fs, dims = config.sample_rate, config.dims
+    jobs = [(str(p), fs, dims) for p in clips]
+    if config.workers > 1 and len(jobs) > 4:
+        with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
+            parts = list(pool.map(_analyse_clip, jobs, chunksize=4))
+    else:
+        parts = [_analyse_clip(j) for j in jobs]
+    seconds = sum(p["seconds"] for p in parts)
+    mc = np.concatenate([p["mc"] for p in parts])
+    voiced = np.concatenate([p["voiced"] for p in parts])
+    ap = np.concatenate([p["ap"] for p in parts])
+    speech_seconds = len(mc) * F.FRAME_PERIOD / 1000
+    if speech_seconds < 60 * config.min_minutes:
+        raise ReenactError(
+            f"dataset has {speech_seconds / 60:.2f} min of speech; at least {config.min_minutes:g} min is needed "
+            f"(10 to 20 min recommended)", dataset_dir)
+    f0 = np.concatenate([p["f0"] for p in parts])
+    lf0_mean, lf0_std, _ = F.lf0_stats(f0)
+    ltas = sum(p["ltas_sum"] for p in parts) / max(1, sum(p["ltas_n"] for p in parts))
+    rng = np.random.default_rng(config.seed)
+    keep = np.sort(rng.permutation(len(mc))[: config.max_pool]) if len(mc) > config.max_pool else np.arange(len(mc))
+    tensors = {
+        "pool_mc": mc[keep].astype(np.float16),
+        "pool_voiced": voiced[keep].astype(np.uint8),
+        "pool_ap": ap[keep].astype(np.float16),
+        "ltas": ltas.astype(np.float32),
+    }
+    for name, mask in (("voiced", voiced), ("unvoiced", ~voiced)):
+        sel = mc[mask] if mask.sum() > 10 else mc
+        tensors[f"mc_mean_{name}"] = sel.mean(axis=0).astype(np.float32)
+        tensors[f"mc_std_{name}"] = (sel.std(axis=0) + 1e-6).astype(np.float32)
+    meta = {
+        "format": FORMAT, "version": 1, "method": config.method, "sample_rate": fs,
+        "frame_period": F.FRAME_PERIOD, "dims": dims, "lf0_mean": lf0_mean, "lf0_std": lf0_std,
+        "f0_median_hz": float(np.exp(lf0_mean)) if lf0_mean else 0.0,
+        "config": asdict(config),
+        "training": {"dataset": str(Path(dataset_dir).resolve()), "clips": len(clips),
+                     "minutes": round(seconds / 60, 3), "speech_minutes": round(speech_seconds / 60, 3),
+                     "pool_frames": int(len(keep)), "seconds_to_train": None,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    }
+    meta["training"]["seconds_to_train"] = round(time.perf_counter() - start, 2)
+    VoiceModel(meta, tensors).save(out_path)
+    log.info("trained %s voice on %.1f min (%d clips) in %.1f s", config.method, seconds / 60, len(clips),
+             meta["training"]["seconds_to_train"])
+    return out_path
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def convert_f0(f0: np.ndarray, model: VoiceModel, transpose: str | float = "auto") -> np.ndarray:
+    """Map voiced F0 to the target: log-Gaussian normalisation ("auto") or N semitones."""
+    out = f0.copy()
+    v = f0 > 0
+    if not v.any():
+        return out
+    if transpose != "auto":
+        out[v] = f0[v] * 2.0 ** (float(transpose) / 12)
+        return out
+    mean, std, n = F.lf0_stats(f0)
+    t_mean, t_std = model.meta["lf0_mean"], model.meta["lf0_std"]
+    ratio = t_std / std if n >= 20 and std > 1e-3 else 1.0
+    out[v] = np.exp(t_mean + ratio * (np.log(f0[v]) - mean))
+    return np.clip(out, 0, F.F0_CEIL * 1.5)
+
+
+def _stats(mc: np.ndarray, mask: np.ndarray, fallback_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if mask.sum() < 20:
+        sel = mc if len(mc) else np.zeros((1, mc.shape[1]))
+        return sel.mean(axis=0), fallback_std
+    return mc[mask].mean(axis=0), mc[mask].std(axis=0) + 1e-6
+
+
+def best_warp(sp: np.ndarray, voiced: np.ndarray, ltas: np.ndarray, fs: int) -> float:
+    """Frequency-warping ratio that best matches the utterance's average envelope to the target's."""
+    if voiced.sum() < 20:
+        return 1.0
+    src = np.log(np.maximum(sp[voiced], 1e-16)).mean(axis=0)
+    n = len(src)
+    hz = np.arange(n) * fs / 2 / (n - 1)
+    band = (hz > 100) & (hz < min(3800.0, fs / 2 * 0.9))  # 3.8 kHz: also valid for 8 kHz inputs
+    best, best_err = 1.0, np.inf
+    for ratio in np.arange(0.80, 1.40, 0.01):
+        warped = np.interp(np.arange(n) / ratio, np.arange(n), src)
+        d = (warped - ltas)[band]
+        err = float(np.mean((d - d.mean()) ** 2))
+        if err < best_err:
+            best, best_err = float(ratio), err
+    return best
+
+
+def _knn_mean(query: np.ndarray, pool: tuple, k: int) -> np.ndarray:
+    """Mean of the values of the k nearest keys of each query row (squared Euclidean distance)."""
+    import torch
+
+    keys, norms, values = pool
+    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
+    k = min(k, len(keys))
+    out = torch.empty(len(q), values.shape[1])
+    with torch.no_grad():
+        for i in range(0, len(q), 256):
+            d = torch.addmm(norms[None, :], q[i : i + 256], keys.T, alpha=-2)
+            idx = d.topk(k, dim=1, largest=False, sorted=False).indices
+            out[i : i + 256] = values[idx].mean(1)
+    return out.numpy().astype(np.float64)
+
+
+def _moving_average(x: np.ndarray, n: int) -> np.ndarray:
+    from scipy.ndimage import uniform_filter1d
+
+    return uniform_filter1d(x, n, axis=0, mode="nearest") if n > 1 and len(x) > 1 else x
+
+
+def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Convert the envelope (and, for kNN methods, the aperiodicity) of `w` to the target speaker."""
+    method = method or model.method
+    t, cfg = model.tensors, model.meta["config"]
+    fs = w.sample_rate
+    speech = speech_frames(w.sp)
+    voiced = w.f0 > 0
+    sp, edge = F.fill_band(w.sp, speech)
+    if edge < sp.shape[1]:
+        log.debug("input band ends at %.0f Hz; extended flat above", edge * fs / 2 / (sp.shape[1] - 1))
+    if method in ("warp", "warp-knn"):
+        ratio = best_warp(sp, voiced & speech, t["ltas"], fs)
+        log.debug("frequency warp ratio %.2f", ratio)
+        sp = F.warp_envelope(sp, ratio)
+    cep = F.cepstrum(fs, sp.shape[1], int(model.meta["dims"]))
+    mc = cep.encode(sp)
+    out = mc.copy()
+    cap = pyworld.code_aperiodicity(np.ascontiguousarray(w.ap), fs)
+    out_ap = cap.copy()
+    m, k = int(cfg.get("match_dims", 24)), int(cfg.get("k", 4))
+    for name, mask in (("voiced", voiced & speech), ("unvoiced", ~voiced & speech)):
+        if not mask.any():
+            continue
+        mean_t, std_t = t[f"mc_mean_{name}"].astype(np.float64), t[f"mc_std_{name}"].astype(np.float64)
+        mean_s, std_s = _stats(mc, mask, std_t)
+        mapped = mean_t + std_t / std_s * (mc[mask] - mean_s)
+        if method == "warp":
+            out[mask, 1:] = mapped[:, 1:]
+            continue
+        if method == "knn":
+            query = (mc[mask, 1:m] - mean_s[1:m]) / std_s[1:m]
+        else:
+            query = (mapped[:, 1:m] - mean_t[1:m]) / std_t[1:m]
+        pool = model.pool(name == "voiced", m)
+        dims = mc.shape[1]
+        src = np.concatenate([query, np.ones((len(query), 1))], axis=1)
+        for _ in range(int(cfg.get("iterations", 0))):  # INCA-like: refit an affine map to the neighbours
+            found = _knn_mean(query, pool, k)[:, 1:m]
+            goal = (found - mean_t[1:m]) / std_t[1:m]
+            lam = float(cfg.get("ridge", 1.0)) * len(src)
+            eye = np.eye(src.shape[1])[:, : m - 1]
+            wmat = np.linalg.solve(src.T @ src + lam * np.eye(src.shape[1]), src.T @ goal + lam * eye)
+            query = src @ wmat
+        found = _knn_mean(query, pool, k)
+        found_mc, found_ap = found[:, :dims], found[:, dims:]
+        if method == "warp-knn":
+            b = float(cfg.get("blend", 1.0))
+            found_mc[:, 1:] = b * found_mc[:, 1:] + (1 - b) * mapped[:, 1:]
+        c0 = float(cfg.get("target_energy", 0.0))  # weight of the neighbours' level against the driver's
+        found_mc[:, 0] = c0 * found_mc[:, 0] + (1 - c0) * mapped[:, 0]
+        out[mask] = found_mc
+        if cfg.get("target_ap", True):
+            out_ap[mask] = found_ap
+    out[:, 1:] = _moving_average(out[:, 1:], int(cfg.get("smooth", 1)))
+    out[~speech] = mc[~speech]  # silence stays as it was
+    out_ap[~speech] = cap[~speech]
+    ap = pyworld.decode_aperiodicity(np.ascontiguousarray(out_ap, dtype=np.float64), fs,
+                                     pyworld.get_cheaptrick_fft_size(fs))
+    return cep.decode(out), ap
+
+
+def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "auto",
+                  method: str | None = None) -> np.ndarray:
+    """Convert mono float speech at the model's sample rate; same length, same loudness."""
+    fs = model.sample_rate
+    peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    if peak < 1e-4:  # silence converts to silence
+        return np.zeros_like(x)
+    w = F.analyze(x, fs)
+    w.f0 = convert_f0(w.f0, model, transpose)
+    w.sp, w.ap = convert_spectrum(w, model, method)
+    y = F.synthesize(w)[: len(x)]
+    y = np.pad(y, (0, len(x) - len(y)))
+    rms_in, rms_out = np.sqrt(np.mean(x**2)), np.sqrt(np.mean(y**2)) + 1e-12
+    y *= rms_in / rms_out
+    top = np.max(np.abs(y))
+    return y / top * 0.99 if top > 0.99 else y
+
+
+def _as_model(model: VoiceModel | str | Path) -> VoiceModel:
+    return model if isinstance(model, VoiceModel) else VoiceModel.load(model)
+
+
+def convert_audio(audio: Audio, model: VoiceModel | str | Path, transpose: str | float = "auto") -> Audio:
+    """Convert speech held in memory (e.g. a driver video's audio track) to the model's voice."""
+    model = _as_model(model)
+    if audio.samples.size == 0:
+        raise ReenactError("audio has no samples")
+    x = F.to_mono(audio, model.sample_rate)
+    return Audio(convert_array(x, model, transpose).astype(np.float32), model.sample_rate)
+
+
+def convert_voice(input_path: Path, model_path: Path | VoiceModel, out_path: Path,
+                  transpose: str | float = "auto") -> Path:
+    """Convert the speech of any audio or video file and write it as WAV or FLAC (by suffix)."""
+    import soundfile as sf
+
+    from reenact.media.video import check_output_path
+
+    input_path, out_path = Path(input_path), check_output_path(out_path)
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(out_path.suffix.lower())
+    if fmt is None:
+        raise ReenactError("output must end in .wav or .flac", out_path)
+    model = _as_model(model_path)
+    start = time.perf_counter()
+    x = F.load_mono(input_path, model.sample_rate)
+    F.check_signal(x, model.sample_rate, input_path)
+    if np.max(np.abs(x)) < 1e-4:
+        log.warning("%s: input is silent; writing silence", input_path)
+    y = convert_array(x, model, transpose)
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial{out_path.suffix}")
+    try:
+        sf.write(str(tmp), y.astype(np.float32), model.sample_rate, format=fmt, subtype="PCM_16")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    took = time.perf_counter() - start
+    log.info("converted %.1f s of speech in %.2f s (real-time factor %.3f)", len(x) / model.sample_rate, took,
+             took / max(len(x) / model.sample_rate, 1e-9))
+    return out_path

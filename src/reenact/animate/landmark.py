@@ -106,8 +106,13 @@ def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return k
 
 
-def extra_points(lm: np.ndarray, size: int) -> np.ndarray:
-    """Forehead points and a ring around the head that move rigidly with it, (K, 2)."""
+def extra_points(lm: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forehead points and a ring around the head, (K, 2), with the brow each follows and how much.
+
+    All move with the head; forehead points also take part of their brow's own
+    motion, so a raised or lowered brow moves the forehead smoothly instead of
+    folding the skin between them.
+    """
     z = _z(lm)
     left, right = z[36:42].mean(), z[42:48].mean()
     mid = (left + right) / 2
@@ -119,10 +124,14 @@ def extra_points(lm: np.ndarray, size: int) -> np.ndarray:
     top = np.array([mid + up * 1.6 * iod + down * 1j * s * iod for s in (-0.9, 0.0, 0.9)])
     centre = mid + down * 0.55 * iod
     ring = centre + (np.exp(1j * np.linspace(0, 2 * np.pi, 16, endpoint=False)) * 2.1 * iod)
-    pts = np.concatenate([forehead, top, ring])
+    # Halfway between upper lids and brows: pins the skin there to the brows, so a closing lid does not drag them.
+    crease = z[[37, 38, 43, 44]] + 0.5 * (z[[19, 20, 23, 24]] - z[[37, 38, 43, 44]])
+    pts = np.concatenate([forehead, crease, top, ring])
+    follow = np.r_[[17, 19, 21, 22, 24, 26], [19, 20, 23, 24], np.zeros(len(top) + len(ring), int)]
+    weight = np.r_[np.full(len(forehead), 0.6), np.ones(len(crease)), np.zeros(len(top) + len(ring))]
     margin = 0.12 * size  # keep clear of the border anchors
     inside = (pts.real > margin) & (pts.real < size - margin) & (pts.imag > margin) & (pts.imag < size - margin)
-    return _xy(pts[inside])
+    return _xy(pts[inside]), follow[inside], weight[inside]
 
 
 def border_points(size: int, per_side: int = 8) -> np.ndarray:
@@ -198,7 +207,8 @@ class LandmarkBackend:
         self._src_lip = _gaps(self._src, LIP_PAIRS, self._down_src).mean()
         self._ref_lip = _gaps(self._ref, LIP_PAIRS, self._down_ref).mean()
         self._iod = abs(self._src[42:48].mean() - self._src[36:42].mean())
-        self._extra = _z(extra_points(source.landmarks, s))
+        extra, self._follow, self._follow_weight = extra_points(source.landmarks, s)
+        self._extra = _z(extra)
         self._lip_stats = _ring_stats(source.image, source.landmarks)
         self._drv_stats = _ring_stats(reference.image, reference.landmarks) if reference.image is not None else None
         self._prepared = True
@@ -242,7 +252,8 @@ class LandmarkBackend:
             a = complex(np.exp(cfg.head * np.log(a))) if a != 0 else 1.0
             b = b * cfg.head
         shift = self._alpha * b + self._beta - a * self._beta
-        return _xy(a * local + shift), _xy(a * self._extra + shift), a
+        extra = self._extra + (local - self._src)[self._follow] * self._follow_weight
+        return _xy(a * local + shift), _xy(a * extra + shift), a
 
     # -------------------------------------------------------------- warp
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reenact.face import pose
-from reenact.face.align import Crop, CropConfig, PasteBack, face_box, face_mask
+from reenact.face.align import Crop, CropConfig, PasteBack, crop_mask, face_box, face_mask
 from reenact.face.detect import _bridge, smooth_boxes, smooth_landmarks
 
 def mean_face() -> np.ndarray:
@@ -72,7 +72,7 @@ def test_paste_back_identity_returns_background() -> None:
     rng = np.random.default_rng(0)
     background = rng.integers(0, 255, (240, 320, 3), np.uint8)
     crop = Crop.from_box(face_box(FACE), 128)
-    paste = PasteBack(background, crop, crop.to_crop(FACE))
+    paste = PasteBack(background, crop)
     out = paste(crop.apply(background))
     assert out.shape == background.shape
     # Pasting the untouched crop back changes the image only by resampling blur inside the mask.
@@ -84,10 +84,16 @@ def test_paste_back_identity_returns_background() -> None:
 def test_paste_back_changes_only_the_face() -> None:
     background = np.full((240, 320, 3), 100, np.uint8)
     crop = Crop.from_box(face_box(FACE), 128)
-    paste = PasteBack(background, crop, crop.to_crop(FACE), colour_match=False)
+    paste = PasteBack(background, crop, colour_match=False, mask=face_mask(crop.to_crop(FACE), 128))
     out = paste(np.full((128, 128, 3), 200, np.uint8))
     assert out[int(FACE[30, 1]), int(FACE[30, 0])].mean() > 190  # nose: the new crop
     assert out[5, 5].mean() == 100  # corner: untouched
+
+
+def test_default_mask_covers_the_crop_and_fades_at_its_edge() -> None:
+    mask = crop_mask(256)
+    assert mask[128, 128] == 1 and mask[0].max() == 0 and mask[:, -1].max() == 0
+    assert (mask > 0.99).mean() > 0.55 and 0 < mask[10, 128] < 1
 
 
 def test_pose_proxies() -> None:

@@ -86,6 +86,10 @@ def animate(
     crf: int = typer.Option(18, min=0, max=51, help="H.264 quality: lower is better and larger (18 is visually lossless)."),
     paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back",
                                     help="Paste the animated face back into the whole portrait, or write the crop alone."),
+    visible_label: bool = typer.Option(True, "--visible-label/--no-visible-label",
+                                       help="Draw the 'AI-generated' corner badge. Switching it off (for studies that "
+                                            "need unlabelled stimuli) is recorded in the signed manifest; the invisible "
+                                            "watermarks and the manifest are always added."),
     checkpoint: Optional[str] = typer.Option(None, help="Neural backends: checkpoint file or registry name "
                                                         "(see `reenact models list`)."),
     motion: Optional[str] = typer.Option(None, help="LIA: 'relative' (default: motion measured from the reference "
@@ -105,13 +109,15 @@ def animate(
     if options and backend == "landmark":
         raise ReenactError(f"--{', --'.join(options)} apply to neural backends, not the landmark backend")
     config = AnimateConfig(backend=backend, size=size, reference=reference, face_index=face_index, crf=crf,
-                           paste_back=paste_back, backend_options=options)
+                           paste_back=paste_back, backend_options=options, visible_label=visible_label)
     with progress_display() as progress:
         result = run(source, driver, output, config, progress=progress)
     err.print(f"wrote {result.output} ({result.frames} frames, {float(result.fps):.3g} fps, "
               f"{result.size[0]}x{result.size[1]}{', with audio' if result.audio else ''}; "
               f"reference frame {result.reference_index}"
-              f"{f'; {result.missing_frames} frames without a face bridged' if result.missing_frames else ''})",
+              f"{f'; {result.missing_frames} frames without a face bridged' if result.missing_frames else ''})\n"
+              f"marked as AI-generated: watermark payload {result.payload}, signed C2PA manifest"
+              f"{'' if visible_label else ' (visible label off, recorded in the manifest)'}",
               highlight=False)
 
 

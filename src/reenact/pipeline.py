@@ -6,13 +6,18 @@ Two passes over the driver keep memory constant whatever its length:
    and a steady crop box;
 2. render: decode again, crop each frame around the face, let the motion
    backend animate the source crop in batches, paste the result back into
-   the full portrait and encode it; finally mux the driver's audio.
+   the full portrait, mark it (visible label, luma watermark) and encode it;
+   finally mux the driver's audio (watermarked), add the metadata tags and a
+   signed C2PA manifest. Every output carries the marks; only the visible
+   label can be switched off, and the manifest records when it was.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -27,8 +32,9 @@ from reenact.errors import ReenactError
 from reenact.face import pose
 from reenact.face.align import Crop, CropConfig, PasteBack, face_box
 from reenact.face.detect import FaceDetector, Track, TrackConfig, choose_face, smooth_boxes, track
-from reenact.media.audio import Audio
-from reenact.media.video import VideoInfo, VideoWriter, check_output_path, iter_frames, probe
+from reenact.media.audio import Audio, read_audio
+from reenact.media.video import VideoInfo, VideoWriter, check_output_path, iter_frames, probe, temporary_path
+from reenact.provenance import Claims, Payload, VideoMarker, draw_label, mark_audio, sign_mp4
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,8 @@ class AnimateConfig:
     track: TrackConfig = field(default_factory=TrackConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     crop_smooth_seconds: float = 1.0  # the driver's crop box follows the head this slowly
+    visible_label: bool = True  # the "AI-generated" corner badge (the invisible marks are always added)
+    consent_sha256: str | None = None  # the subject's consent record, stated in the manifest
 
 
 @dataclass
@@ -67,6 +75,8 @@ class AnimateResult:
     missing_frames: int
     audio: bool
     timings: dict[str, float]  # seconds per stage
+    output_id: str = ""  # uuid of this output, carried by the watermarks and the manifest
+    payload: str = ""  # the watermarks' 64-bit payload, hex
 
     @property
     def duration(self) -> float:
@@ -206,7 +216,7 @@ def animate(
     if backend.needs_driver_images:
         reference_image = next(x for i, x in enumerate(iter_frames(driver_path, info.fps)) if i == ref)
     backend.prepare(source.face, driver_frame(ref, reference_image))
-    paste = PasteBack(source.image, source.crop, source.face.landmarks) if config.paste_back else None
+    paste = PasteBack(source.image, source.crop) if config.paste_back else None
     t = clock.add("setup", t)
 
     # Pass 2: render.
@@ -215,7 +225,11 @@ def animate(
         images: Iterator[np.ndarray | None] = clock.timed("decode", iter_frames(driver_path, info.fps))
     else:
         images = iter([None] * n)
-    writer = VideoWriter(output, info.fps, crf=config.crf, preset=config.preset)
+    output_id = str(uuid.uuid4())
+    payload = Payload.new(output_id)
+    marker = VideoMarker(payload)
+    unsigned = temporary_path(output).with_name(f".{output.stem}.{os.getpid()}.unsigned.mp4")
+    writer = VideoWriter(unsigned, info.fps, crf=config.crf, preset=config.preset)
     try:
         batch: list[DriverFrame] = []
         done = 0
@@ -229,6 +243,8 @@ def animate(
                 for crop in animated:
                     frame = paste(crop) if paste is not None else crop
                     t = clock.add("paste", t)
+                    frame = marker.mark(draw_label(frame) if config.visible_label else frame)
+                    t = clock.add("mark", t)
                     writer.write(frame)
                     t = clock.add("encode", t)
                 done += len(batch)
@@ -237,16 +253,26 @@ def animate(
         if writer.frames_written < n:  # the second decode gave fewer frames: hold the last one
             log.warning("%s: second decode gave %d of %d frames", driver_path, writer.frames_written, n)
         t = time.perf_counter()
-        mux = audio if audio is not None else (driver_path if info.has_audio else None)
-        writer.close(audio=mux)
-        clock.add("mux", t)
+        sound = audio if audio is not None else (read_audio(driver_path) if info.has_audio else None)
+        t = clock.add("mux", t)
+        if sound is not None:
+            sound = mark_audio(sound, payload)
+        t = clock.add("mark", t)
+        writer.close(audio=sound)
+        t = clock.add("mux", t)
+        settings = {"tool": "reenact animate", "backend": config.backend, "size": config.size,
+                    "reference": config.reference, "visible_label": config.visible_label}
+        sign_mp4(unsigned, output, Claims(payload, output_id, config.consent_sha256, settings))
+        clock.add("mark", t)
     except BaseException:
         writer.abort()
         raise
+    finally:
+        unsigned.unlink(missing_ok=True)
     size = (source.image.shape[1], source.image.shape[0]) if paste is not None else (config.size, config.size)
     return AnimateResult(output=output, frames=writer.frames_written, fps=info.fps, size=size,
-                         reference_index=ref, missing_frames=driver.n_missing, audio=mux is not None,
-                         timings=dict(clock.seconds))
+                         reference_index=ref, missing_frames=driver.n_missing, audio=sound is not None,
+                         timings=dict(clock.seconds), output_id=output_id, payload=payload.hex())
 
 
 def describe(info: VideoInfo) -> str:

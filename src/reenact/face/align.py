@@ -115,11 +115,32 @@ def face_mask(landmarks: np.ndarray, size: int, grow: float = 0.25, feather: flo
     return mask * ramp[:, None] * ramp[None, :]  # exactly zero on the crop's edge
 
 
-class PasteBack:
-    """Composite animated crops into a fixed full-size background image."""
+def crop_mask(size: int, band: float = 0.12) -> np.ndarray:
+    """Soft mask (size, size): one inside, a smooth fall to zero over the outer `band` of the crop.
 
-    def __init__(self, background: np.ndarray, crop: Crop, landmarks: np.ndarray,
-                 colour_match: bool = True, mask: np.ndarray | None = None) -> None:
+    The default for pasting back: backends move the whole head (hair, ears,
+    neck included), so a mask tight on the face would show the still
+    portrait's head beside the moving one; the landmark warp fades to identity
+    at the crop border, so the crop's own edge never shows.
+    """
+    edge = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32) + 0.5
+    t = np.clip(edge / max(band * size, 1.0), 0, 1)
+    ramp = t * t * (3 - 2 * t)  # smoothstep
+    mask = ramp[:, None] * ramp[None, :]
+    mask[[0, -1], :] = 0
+    mask[:, [0, -1]] = 0
+    return mask.astype(np.float32)
+
+
+class PasteBack:
+    """Composite animated crops into a fixed full-size background image.
+
+    `mask` (crop-sized, float in [0, 1]) defaults to `crop_mask`; pass
+    `face_mask(landmarks, size)` for backends that change only the face.
+    """
+
+    def __init__(self, background: np.ndarray, crop: Crop, colour_match: bool = True,
+                 mask: np.ndarray | None = None) -> None:
         self.background = background
         self.crop = crop
         self.colour_match = colour_match
@@ -133,11 +154,11 @@ class PasteBack:
         self._matrix = crop.inverse.copy()
         self._matrix[:, 2] -= (self.x0, self.y0)
         self._roi = (self.x1 - self.x0, self.y1 - self.y0)
-        crop_mask = face_mask(landmarks, crop.size) if mask is None else mask
-        self.mask = cv2.warpAffine(crop_mask, self._matrix, self._roi, flags=cv2.INTER_LINEAR)[..., None]
+        soft = crop_mask(crop.size) if mask is None else mask
+        self.mask = cv2.warpAffine(soft, self._matrix, self._roi, flags=cv2.INTER_LINEAR)[..., None]
         self._bg_roi = background[self.y0:self.y1, self.x0:self.x1].astype(np.float32)
         # Colour reference: the source's own crop, on a band just inside the mask edge.
-        self._band = (crop_mask > 0.05) & (crop_mask < 0.6)
+        self._band = (soft > 0.05) & (soft < 0.6)
         self._reference = crop.apply(background)[self._band].astype(np.float32).mean(0) if self._band.any() else None
         self._shift = np.zeros(3, np.float32)
 

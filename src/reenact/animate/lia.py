@@ -767,6 +767,18 @@ class Animator:
         x = F.leaky_relu(x.add_((self.d_bias[k] / d).to(self.dtype)[:, :, None, None]), 0.2, inplace=True)
         return x, SQRT2 * d
 
+    def _flow_step(self, to_flow: ToFlow, logits: torch.Tensor, x: torch.Tensor, feat: torch.Tensor,
+                   skip: torch.Tensor | None) -> tuple:
+        """ToFlow.warp_step, in place: flow and warp in fp32, x overwritten by the next input."""
+        out = logits.float() + to_flow.bias.float()
+        if skip is not None:
+            out += to_flow.upsample(skip)
+        flow = torch.tanh(out[:, 0:2]).permute(0, 2, 3, 1).add_(to_flow.grid)
+        mask = torch.sigmoid(out[:, 2:3])
+        feat_warp = warp(feat, flow).mul_(mask).to(self.dtype)
+        x.mul_((1.0 - mask).to(self.dtype)).add_(feat_warp)
+        return feat_warp, x, out
+
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         dec, feats = self.gen.dec, self.source[1]
@@ -785,7 +797,7 @@ class Animator:
             hv = h.permute(0, 2, 3, 1).reshape(b, hh * ww, c)
             logits = torch.bmm(hv, wf.transpose(1, 2)).view(b, hh, ww, 3).permute(0, 3, 1, 2)
             x = h.mul_(m.to(self.dtype)[:, :, None, None])  # the true activations
-            out_warp, x, skip_flow = to_flow.warp_step(logits, x, feat, skip_flow)
+            out_warp, x, skip_flow = self._flow_step(to_flow, logits, x, feat, skip_flow)
             skip = to_rgb(out_warp, skip)
             h, m = x, torch.ones_like(m)
         return skip.float()

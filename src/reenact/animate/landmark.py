@@ -106,12 +106,14 @@ def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return k
 
 
-def extra_points(lm: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Forehead points and a ring around the head, (K, 2), with the brow each follows and how much.
+def extra_points(lm: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Forehead points and a ring around the head, (K, 2), with the brow each follows, how much, and how
+    much each moves with the head.
 
-    All move with the head; forehead points also take part of their brow's own
-    motion, so a raised or lowered brow moves the forehead smoothly instead of
-    folding the skin between them.
+    Forehead points also take part of their brow's own motion, so a raised or
+    lowered brow moves the forehead smoothly instead of folding the skin
+    between them. The ring's lower part, over neck and shoulders, moves less
+    with the head than its upper part: the body stays while the head turns.
     """
     z = _z(lm)
     left, right = z[36:42].mean(), z[42:48].mean()
@@ -129,9 +131,11 @@ def extra_points(lm: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.
     pts = np.concatenate([forehead, crease, top, ring])
     follow = np.r_[[17, 19, 21, 22, 24, 26], [19, 20, 23, 24], np.zeros(len(top) + len(ring), int)]
     weight = np.r_[np.full(len(forehead), 0.6), np.ones(len(crease)), np.zeros(len(top) + len(ring))]
+    lowness = ((ring - centre) / down).real / (2.1 * iod)  # -1 above the head .. 1 under the chin
+    head = np.r_[np.ones(len(forehead) + len(crease) + len(top)), np.clip(1.0 - 0.8 * lowness, 0.2, 1.0)]
     margin = 0.12 * size  # keep clear of the border anchors
     inside = (pts.real > margin) & (pts.real < size - margin) & (pts.imag > margin) & (pts.imag < size - margin)
-    return _xy(pts[inside]), follow[inside], weight[inside]
+    return _xy(pts[inside]), follow[inside], weight[inside], head[inside]
 
 
 def border_points(size: int, per_side: int = 8) -> np.ndarray:
@@ -207,7 +211,7 @@ class LandmarkBackend:
         self._src_lip = _gaps(self._src, LIP_PAIRS, self._down_src).mean()
         self._ref_lip = _gaps(self._ref, LIP_PAIRS, self._down_ref).mean()
         self._iod = abs(self._src[42:48].mean() - self._src[36:42].mean())
-        extra, self._follow, self._follow_weight = extra_points(source.landmarks, s)
+        extra, self._follow, self._follow_weight, self._head_weight = extra_points(source.landmarks, s)
         self._extra = _z(extra)
         self._lip_stats = _ring_stats(source.image, source.landmarks)
         self._drv_stats = _ring_stats(reference.image, reference.landmarks) if reference.image is not None else None
@@ -253,7 +257,8 @@ class LandmarkBackend:
             b = b * cfg.head
         shift = self._alpha * b + self._beta - a * self._beta
         extra = self._extra + (local - self._src)[self._follow] * self._follow_weight
-        return _xy(a * local + shift), _xy(a * extra + shift), a
+        extra += (a * extra + shift - extra) * self._head_weight
+        return _xy(a * local + shift), _xy(extra), a
 
     # -------------------------------------------------------------- warp
 

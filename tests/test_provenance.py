@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -157,14 +156,13 @@ def test_flipped_byte_invalidates_the_manifest(tmp_path: Path) -> None:
     assert read_manifest(out)["state"] == "invalid"
 
 
-def flip_media_byte(path: Path) -> None:
-    """Flip one byte in the middle of the file's media data (the mdat box)."""
+def flip_media_byte(path: Path, at: float = 0.5) -> None:
+    """Flip one byte of the file's media data (the mdat box), `at` a fraction into it."""
     data = bytearray(path.read_bytes())
     pos = data.find(b"mdat")
     assert pos > 0
     size = int.from_bytes(data[pos - 4:pos], "big")
-    i = pos + 4 + (size - 8) // 2
-    data[i] ^= 0xFF
+    data[pos + 4 + int((size - 8) * at)] ^= 0xFF
     path.write_bytes(bytes(data))
 
 

@@ -22,7 +22,6 @@ from reenact.provenance.manifest import read_manifest
 from reenact.provenance.mark import mark_file
 from reenact.provenance.payload import Payload
 from reenact.provenance.verify import verify
-from test_provenance import flip_media_byte
 
 VIDEO_ATTACKS = {
     "h264_crf28": ["-c:v", "libx264", "-crf", "28"],
@@ -107,14 +106,30 @@ def test_audio_watermark_on_speech_survives(tmp_path: Path) -> None:
             assert audio_mark.detect_audio(attacked)[:2] == (True, payload), (name, attack)
 
 
-def test_flipped_byte_invalidates_manifest_but_not_watermarks(marked, tmp_path: Path) -> None:
+def flip_byte_in_packet(path: Path, kind: str) -> None:
+    """Flip one byte in the middle of the middle packet of the file's first `kind` ("video"/"audio") stream."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = getattr(container.streams, kind)[0]
+        packets = [(p.pos, p.size) for p in container.demux(stream) if p.size and p.pos is not None and p.pos >= 0]
+    pos, size = packets[len(packets) // 2]
+    data = bytearray(path.read_bytes())
+    data[pos + size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+def test_flipped_byte_invalidates_manifest_but_not_watermarks(marked, kind: str, tmp_path: Path) -> None:
+    """Whether the byte lands in a video or an audio packet, the manifest fails and both marks remain."""
     path, payload = marked
     assert read_manifest(path)["state"] == "valid"
     copy = tmp_path / "flipped.mp4"
     shutil.copyfile(path, copy)
-    flip_media_byte(copy)
-    report = verify(copy)
+    flip_byte_in_packet(copy, kind)
+    report = verify(copy, max_frames=32)
     assert report["manifest"]["state"] == "invalid"
+    assert any("mismatch" in str(f) for f in report["manifest"]["failures"]), report["manifest"]
     assert report["video_watermark"]["found"] and report["video_watermark"]["payload"] == payload.hex()
     assert report["audio_watermark"]["found"] and report["audio_watermark"]["payload"] == payload.hex()
     assert report["marked"]

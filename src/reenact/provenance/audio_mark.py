@@ -239,12 +239,48 @@ def detect_samples(x: np.ndarray, rate: int) -> AudioDetection:
     return AudioDetection(found, payload if found else None, max(agreement, 0.0), offset, blocks)
 
 
-def detect(audio: str | Path | Audio) -> AudioDetection:
-    from reenact.media.audio import read_audio
+def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
+    """A file's first audio track as mono float samples, tolerant of damage.
 
-    if not isinstance(audio, Audio):
-        audio = read_audio(audio)
-    return detect_samples(audio.mono(), audio.sample_rate)
+    A packet that fails to decode (a flipped byte, a cut download) becomes
+    silence of its duration, so the blocks after it stay in step with those
+    before it; `read_audio` would give up on the whole track instead.
+    """
+    import av
+
+    from reenact.media.video import open_container
+
+    with open_container(path) as container:
+        if not container.streams.audio:
+            from reenact.errors import ReenactError
+
+            raise ReenactError("has no audio track", path)
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or 48000
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+        chunks, bad = [], 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                bad += 1
+                if packet.duration and packet.time_base:
+                    chunks.append(np.zeros(int(round(packet.duration * packet.time_base * rate)), np.float32))
+                continue
+            for frame in frames:
+                frame.pts = None
+                chunks.extend(out.to_ndarray()[0] for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray()[0] for out in resampler.resample(None))
+    if bad:
+        log.warning("%s: %d audio packets could not be decoded; read as silence", path, bad)
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), int(rate)
+
+
+def detect(audio: str | Path | Audio) -> AudioDetection:
+    """Look for the watermark in a file's audio track or an `Audio`."""
+    if isinstance(audio, Audio):
+        return detect_samples(audio.mono(), audio.sample_rate)
+    return detect_samples(*read_mono(audio))
 
 
 def detect_audio(audio: str | Path | Audio) -> tuple[bool, Payload | None, float]:

@@ -57,7 +57,7 @@ def format_verify_report(report: dict) -> str:
     """The report as a few readable lines."""
     m = report["manifest"]
     if m["state"] == "absent":
-        manifest = "absent"
+        manifest = "absent" + (f" ({m['note']})" if m.get("note") else "")
     else:
         manifest = m["state"] + (" (trusted)" if m.get("trusted") else "")
         if m.get("failures"):

@@ -1,27 +1,28 @@
-"""Invisible video watermark on luma: a keyed, frame-relative, low-frequency pattern.
+"""Invisible video watermark on luma: a keyed, frame-relative, fine-grained pattern.
 
 Embedding. The payload's 210 coded bits are spread over a G x G grid of chips
-(G = 32) defined relative to the frame, so the pattern scales with the picture:
+(G = 128) defined relative to the frame, so the pattern scales with the picture:
 each chip carries one coded bit times a keyed ±1 sign (about 60 chips per coded
 bit), and a second keyed grid, the pilot, carries no data and serves to find the
 pattern again. The two grids are summed (pilot 20 % of the energy), upsampled to
-the frame size with cubic interpolation (a smooth grain about 1/128 of the
-frame wide) and added to the luma of every frame: the same value is added to R,
-G and B, which changes Y and leaves the chroma alone. The field's RMS is 2.3 grey
-levels, so PSNR is about 41 dB. Every frame carries the same pattern: this is the
-redundancy across frames. (Coarser grids survive heavy downscaling better but
-are drowned by the picture's own structure; 128 was the best of 32-128 on
-512x512 faces under crop + 50 % downscale + CRF 28.)
+the frame size with cubic interpolation (a smooth grain about 1/128 of the frame
+wide) and added to the luma of every frame: the same value is added to R, G and
+B, which changes Y and leaves the chroma alone. A mild texture mask puts 0.6x the
+change on flat areas, where grain shows, and up to 1.3x on texture; the field's
+RMS is 2.3 grey levels, so PSNR is about 40.8 dB. Every frame carries the same
+pattern: this is the redundancy across frames. (Coarser grids survive heavy
+downscaling better in principle but are drowned by the picture's own structure;
+128 was the best of 32-128 on 512x512 faces under crop + 50 % downscale + CRF 28.)
 
 Detection. Sampled frames are high-passed (luma minus a blur about one chip
-wide, divided by its local strength) and averaged: the static pattern adds up while moving content averages
-out (the temporal vote, done on soft values). The average is then matched
-against the pilot over a small set of candidate crops (the visible part may be
-75-100 % of the original width and height, at any offset), which also undoes any
-rescaling because the grid is relative to the frame. At the best match the
-chips are read back, despread into 210 soft bits and Viterbi-decoded. A mark is
-found when the pilot match is strong, the decoded tool id is ours and the soft
-values agree with the re-encoded payload.
+wide, divided by its local strength) and averaged: the static pattern adds up
+while moving content averages out (the temporal vote, done on soft values). The
+average is then matched against the pilot over a small set of candidate crops
+(the visible part may be 75-100 % of the original width and height, at any
+offset), which also undoes any rescaling because the grid is relative to the
+frame. At the best match the chips are read back, despread into 210 soft bits
+and Viterbi-decoded. A mark is found when the pilot match is strong, the decoded
+tool id is ours and the soft values agree with the re-encoded payload.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def detect_frames(frames) -> VideoDetection:
     """Look for the watermark in an iterable of RGB frames (all of the same size)."""
     total, count = None, 0
     for frame in frames:
+        if total is not None and frame.shape[:2] != total.shape:
+            continue  # a size change mid-stream: keep the first size
         r = _highpass(_luma(frame))
         total = r if total is None else total + r
         count += 1

@@ -45,6 +45,7 @@ def test_loss_falls_and_kill_resume_loses_nothing(driver_data: Path, tmp_path: P
                  on_step=lambda i, l: losses.append(l["l1_loss"] + l["vgg_loss"]))
     assert last.name == "000020.pt" and len(losses) == 20
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), losses
+    assert list((tmp_path / "a" / "log").glob("events.out.tfevents.*"))  # TensorBoard curves
     # the checkpoint is in the official layout and loads as a generator
     ckpt = load_training_checkpoint(last)
     assert set(ckpt) == {"gen", "dis", "g_optim", "d_optim", "args"} and ckpt["args"].step == 20

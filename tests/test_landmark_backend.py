@@ -178,3 +178,13 @@ def test_real_driver_mouth_and_identity():
     reference = embedder.embed(source_face.image, detector.detect(source_face.image)[0])
     distances = [np.linalg.norm(embedder.embed(o, f[0]) - reference) for o, f in zip(out[::10], faces[::10])]
     assert np.median(distances) < 0.4
+
+
+def test_paste_mask_covers_everything_the_warp_touches():
+    backend, image, lm = prepared()
+    moved = lm * 1.1 + (20, -10)
+    out = backend.animate([DriverFrame(1, moved, image)])[0]
+    changed = np.abs(out.astype(int) - image).max(-1) > 0
+    mask = backend.paste_mask()
+    assert mask.shape == (256, 256) and mask.dtype == np.float32
+    assert mask[changed].min() > 0.99 and mask[0, 0] < 0.05

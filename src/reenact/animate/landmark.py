@@ -179,13 +179,27 @@ class LandmarkBackend:
         edge = np.minimum(axis + 0.5, s - 0.5 - axis)  # distance of each grid line to the crop border
         d = np.minimum(edge[None, :], edge[:, None])
         band = max(self.config.fade * s, 1.0)
-        t = np.clip((d - 0.02 * s) / band, 0, 1)
+        t = np.clip((d - 0.02 * s - s / g) / band, 0, 1)  # zero a grid cell inside the 2% band: exact after upsampling
         self._fade = (t * t * (3 - 2 * t)).astype(np.float32)[..., None]  # (g, g, 1) smoothstep
         base = np.arange(s, dtype=np.float32)
         self._base_x, self._base_y = np.meshgrid(base, base)
         self._border = border_points(s)
         self._kernel_border = _tps_kernel(self._grid, self._border / s)
         self._prepared = False
+
+    def paste_mask(self) -> np.ndarray:
+        """(S, S) float32 mask for pasting this backend's crops back: 1 wherever the warp may differ from the source.
+
+        The warp is exactly the identity in the outer 2% of the crop, so a mask
+        that is 1 inside that band and fades to 0 at the edge pastes back with
+        no seam, whatever the head does inside the crop (colour matching is not
+        needed either: the output's pixels are the source's, resampled).
+        """
+        s = self.size
+        edge = np.minimum(np.arange(s) + 0.5, s - 0.5 - np.arange(s)) / (0.02 * s)
+        ramp = np.clip(edge, 0, 1).astype(np.float32)
+        ramp = ramp * ramp * (3 - 2 * ramp)
+        return np.minimum(ramp[None, :], ramp[:, None])
 
     # -------------------------------------------------------------- setup
 

@@ -232,6 +232,193 @@ def verify(
     raise typer.Exit(0 if report["marked"] else 1)
 
 
+subject_app = typer.Typer(help="Subjects: the person a video depicts, with their consent record.",
+                          no_args_is_help=True)
+app.add_typer(subject_app, name="subject")
+SUBJECTS_HELP = "Folder holding subjects (default: $REENACT_SUBJECTS or ~/.local/share/reenact/subjects)."
+
+
+@subject_app.command("create")
+@command
+def subject_create(
+    name: str = typer.Argument(..., help="Short name: letters, digits, '.', '_' or '-'."),
+    portrait: Path = typer.Option(..., "--portrait", help="Portrait image of the subject."),
+    speech: list[Path] = typer.Option(..., "--speech", help="The subject's recorded speech: audio or video files "
+                                                          "or folders (about 20 minutes; at least 1). Repeat the option."),
+    consent: Path = typer.Option(..., "--consent", help="The subject's signed consent document (any file: PDF, scan, "
+                                                        "recording). Its sha256 goes into every output's manifest."),
+    signer: Optional[str] = typer.Option(None, help="Who signed the consent (default: the subject's name)."),
+    scope: Optional[str] = typer.Option(None, help="What the consent covers (default: research use, disclosed)."),
+    subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """Make a subject: portrait and face, consent record, prepared speech and a trained voice model.
+
+    Resumable: after an interruption, run the same command again."""
+    from reenact.subject import DEFAULT_SCOPE, create_subject
+
+    _setup_logging(verbose)
+    subject = create_subject(name, portrait, consent, speech, signer=signer, scope=scope or DEFAULT_SCOPE,
+                             root=subjects_dir, step=lambda message: err.print(f"  {message}", highlight=False))
+    err.print(f"created subject {subject.name} in {subject.folder}", highlight=False)
+
+
+@subject_app.command("list")
+@command
+def subject_list(subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP)) -> None:
+    """List subjects."""
+    from reenact.subject import list_subjects
+
+    for s in list_subjects(subjects_dir):
+        voice = "voice model" if s.voice_model else "no voice"
+        sys.stdout.write(f"{s.name}\t{s.created}\tconsent signed by {s.consent.signer}\t{voice}\n")
+
+
+@subject_app.command("show")
+@command
+def subject_show(name: str = typer.Argument(...), subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP)) -> None:
+    """Show a subject's profile and consent record as JSON."""
+    from reenact.subject import load_subject
+
+    sys.stdout.write(json.dumps(load_subject(name, subjects_dir).to_json(), indent=2) + "\n")
+
+
+@subject_app.command("delete")
+@command
+def subject_delete(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", help="Do not ask."),
+                   subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP)) -> None:
+    """Delete a subject folder (portrait copy, consent copy, speech and voice model)."""
+    from reenact.subject import delete_subject
+
+    if not yes and not typer.confirm(f"delete subject {name} and all its files?"):
+        raise typer.Exit(1)
+    err.print(f"deleted {delete_subject(name, subjects_dir)}", highlight=False)
+
+
+@app.command()
+@command
+def make(
+    subject: str = typer.Option(..., "--subject", help="Subject name (see `reenact subject list`)."),
+    driver: Path = typer.Option(..., "--driver", help="Driver video: its motion animates the subject, its speech "
+                                                      "is re-voiced in the subject's voice."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output MP4; a JSON report is written beside it."),
+    backend: str = typer.Option("landmark", help="Motion backend: landmark (default) or lia."),
+    size: int = typer.Option(256, help="Face crop size: 256 or 512."),
+    reference: str = typer.Option("auto", help="Driver frame motion is measured from: first, auto or a number."),
+    transpose: str = typer.Option("auto", help="Voice: 'auto' (driver's pitch range to the subject's) or semitones."),
+    crf: int = typer.Option(18, min=0, max=51, help="H.264 quality (lower is better)."),
+    visible_label: bool = typer.Option(True, "--visible-label/--no-visible-label",
+                                       help="The 'AI-generated' badge; switching it off is recorded in the manifest."),
+    checkpoint: Optional[str] = typer.Option(None, help="Neural backends: checkpoint file or registry name."),
+    measure: bool = typer.Option(True, "--measure/--no-measure", help="Face and voice measures in the report."),
+    subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """The whole job: animate the subject, convert the voice, mux, mark, measure; MP4 plus a JSON report."""
+    from reenact.pipeline import AnimateConfig, MakeConfig, make as run
+
+    _setup_logging(verbose)
+    if size not in (256, 512):
+        raise ReenactError(f"--size must be 256 or 512, not {size}")
+    options = {"checkpoint": checkpoint} if checkpoint else {}
+    config = MakeConfig(animate=AnimateConfig(backend=backend, size=size, reference=reference, crf=crf,
+                                              visible_label=visible_label, backend_options=options),
+                        transpose=transpose, measure=measure)
+    with progress_display() as progress:
+        report = run(subject, driver, output, config, subjects_dir=subjects_dir, progress=progress)
+    face = report["measures"].get("face", {})
+    voice = report["measures"].get("voice", {})
+    err.print(f"wrote {output} and {output.with_suffix('.json')} ({report['video']['frames']} frames; "
+              f"watermark payload {report['watermark_payload']})", highlight=False)
+    if face or voice:
+        identity = face.get("identity", {}).get("median")
+        parts = [f"identity distance {identity:.3f}" if identity is not None else "",
+                 f"voice similarity to subject {voice['cos_target']:.2f}" if "cos_target" in voice else ""]
+        err.print("measures: " + ", ".join(p for p in parts if p), highlight=False)
+
+
+voice_app = typer.Typer(help="Voice: prepare a speaker's dataset, train a voice model, convert speech.",
+                        no_args_is_help=True)
+app.add_typer(voice_app, name="voice")
+
+
+@voice_app.command("prepare")
+@command
+def voice_prepare(
+    inputs: list[Path] = typer.Argument(..., help="Audio or video files, or folders of them, of one speaker."),
+    output: Path = typer.Option(..., "--output", "-o", help="Dataset folder (created; re-running resumes)."),
+    sample_rate: int = typer.Option(44100, help="Sample rate of the clips."),
+    clip_seconds: float = typer.Option(6.0, help="Typical clip length; clips are 2 to 10 s, cut only in pauses."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show why each clip is dropped."),
+) -> None:
+    """Split speech into clips at pauses, normalise loudness, drop clipped/noisy/short ones; write FLAC + manifest."""
+    from reenact.voice.dataset import PrepareConfig, prepare_dataset
+
+    _setup_logging(verbose)
+    summary = prepare_dataset(inputs, output, PrepareConfig(sample_rate=sample_rate, target_seconds=clip_seconds))
+    sys.stdout.write(summary.text() + "\n")
+
+
+@voice_app.command("train")
+@command
+def voice_train(
+    dataset: Path = typer.Argument(..., help="Dataset folder from `reenact voice prepare` (or any folder of clips)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.safetensors)."),
+    method: str = typer.Option("warp-knn", help="Spectral conversion: warp, knn or warp-knn (see docs/voice.md)."),
+    workers: int = typer.Option(2, help="Processes analysing the clips."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """Train the offline WORLD voice model (about a minute on 20 min of speech, no downloaded weights)."""
+    from reenact.voice.world import TrainConfig, VoiceModel, train_voice
+
+    _setup_logging(verbose)
+    path = train_voice(dataset, output, TrainConfig(method=method, workers=workers))
+    t = VoiceModel.load(path).meta["training"]
+    sys.stdout.write(f"{path}: {t['speech_minutes']:.1f} min of speech in {t['clips']} clips, "
+                     f"trained in {t['seconds_to_train']:.0f} s\n")
+
+
+@voice_app.command("convert")
+@command
+def voice_convert(
+    input: Path = typer.Argument(..., help="Speech to convert: any audio or video file."),
+    model: Path = typer.Option(..., "--model", "-m", help="Voice model from `reenact voice train`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .wav or .flac."),
+    transpose: str = typer.Option("auto", help="'auto' (map F0 to the target's range) or semitones, e.g. 12 or -3.5."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """Convert the speech of INPUT to the model's voice (same timing; F0 follows the original)."""
+    from reenact.voice.world import convert_voice
+
+    _setup_logging(verbose)
+    if transpose != "auto":
+        try:
+            transpose = float(transpose)
+        except ValueError:
+            raise ReenactError(f"--transpose must be 'auto' or a number of semitones, not {transpose!r}") from None
+    sys.stdout.write(f"{convert_voice(input, model, output, transpose)}\n")
+
+
+@evaluate_app.command("voice")
+@command
+def evaluate_voice_cmd(
+    converted: Path = typer.Argument(..., help="The converted speech (audio or video file)."),
+    target: Path = typer.Option(..., "--target", help="The target speaker: dataset folder, folder or file of references."),
+    original: Path = typer.Option(..., "--original", help="The original speech it was converted from."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="The target speaker saying the same words (for MCD)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Transcript (text, or a .txt file) for the word error rate."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Voice model: also measure the real-time factor."),
+    as_json: bool = typer.Option(False, "--json", help="Print the measures as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """Speaker similarity (resemblyzer), F0 correlation, MCD, pocketsphinx WER and speed of converted speech."""
+    from reenact.evaluate.voice import evaluate_voice, format_voice_report
+
+    _setup_logging(verbose)
+    report = evaluate_voice(converted, target, original, reference=reference, text=text, model=model)
+    sys.stdout.write((json.dumps(report, indent=2) if as_json else format_voice_report(report)) + "\n")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

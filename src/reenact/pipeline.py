@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
@@ -277,3 +277,96 @@ def animate(
 
 def describe(info: VideoInfo) -> str:
     return f"{info.width}x{info.height}, {float(info.fps):.3g} fps, {info.frame_count} frames"
+
+
+# ------------------------------------------------------------------ the whole job
+
+@dataclass
+class MakeConfig:
+    """Settings of `reenact make`."""
+
+    animate: AnimateConfig = field(default_factory=AnimateConfig)
+    transpose: str = "auto"  # voice conversion: "auto" or semitones
+    measure: bool = True  # face and voice measures in the report
+
+
+def make(subject_name: str, driver_path: str | Path, output: str | Path, config: MakeConfig | None = None,
+         subjects_dir: Path | None = None, progress: ProgressFn | None = None) -> dict:
+    """Animate a subject with a driver, re-voice the driver's speech, mark, measure; write OUT and OUT.json.
+
+    Returns the report (also written as JSON beside the output): inputs' hashes,
+    backends, settings, timings, and the face and voice measures.
+    """
+    import json
+    import tempfile
+
+    import soundfile as sf
+
+    from reenact.subject import load_subject, sha256_file
+
+    config = config or MakeConfig()
+    report_fn = progress or (lambda stage, done, total: None)
+    driver_path, output = Path(driver_path), check_output_path(output)
+    subject = load_subject(subject_name, subjects_dir)
+    info = probe(driver_path)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    original = read_audio(driver_path) if info.has_audio else None
+    converted = None
+    model = subject.voice_model_path
+    if original is not None and model is not None and model.exists():
+        from reenact.voice.world import convert_audio
+
+        report_fn("voice", 0, 1)
+        converted = convert_audio(original, model, config.transpose)
+        report_fn("voice", 1, 1)
+    elif original is not None:
+        log.warning("subject %s has no voice model: the driver's own voice is kept", subject.name)
+    timings["voice"] = time.perf_counter() - t
+
+    animate_config = replace(config.animate, consent_sha256=subject.consent.record_sha256())
+    result = animate(subject.portrait_path, driver_path, output, animate_config, audio=converted,
+                     progress=progress)
+    timings.update({f"animate.{k}": v for k, v in result.timings.items()})
+
+    measures: dict = {}
+    if config.measure:
+        from reenact.evaluate.face import evaluate_face
+
+        t = time.perf_counter()
+        measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
+        if converted is not None and subject.voice_dataset:
+            from reenact.evaluate.voice import evaluate_voice
+
+            with tempfile.TemporaryDirectory() as tmp:
+                conv_wav, orig_wav = Path(tmp) / "converted.wav", Path(tmp) / "original.wav"
+                sf.write(conv_wav, converted.mono(), converted.sample_rate)
+                sf.write(orig_wav, original.mono(), original.sample_rate)
+                voice = evaluate_voice(conv_wav, subject.folder / subject.voice_dataset, orig_wav)
+            voice.pop("converted", None), voice.pop("original", None)
+            voice["rtf"] = timings["voice"] / max(original.duration, 1e-6)
+            measures["voice"] = voice
+        timings["measure"] = time.perf_counter() - t
+
+    report = {
+        "output": str(output), "output_id": result.output_id, "watermark_payload": result.payload,
+        "subject": {"name": subject.name, "consent_record_sha256": subject.consent.record_sha256(),
+                    "consent_document_sha256": subject.consent.sha256, "signer": subject.consent.signer},
+        "inputs": {"driver": str(driver_path), "driver_sha256": sha256_file(driver_path),
+                   "portrait_sha256": sha256_file(subject.portrait_path),
+                   "voice_model_sha256": sha256_file(model) if model is not None and model.exists() else None},
+        "backends": {"motion": config.animate.backend, "voice": "world" if converted is not None else None},
+        "settings": {"size": config.animate.size, "reference": config.animate.reference,
+                     "reference_index": result.reference_index, "crf": config.animate.crf,
+                     "visible_label": config.animate.visible_label, "transpose": config.transpose},
+        "video": {"frames": result.frames, "fps": float(result.fps), "size": list(result.size),
+                  "missing_face_frames": result.missing_frames, "audio": result.audio},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "measures": measures,
+    }
+    json_path = output.with_suffix(".json")
+    tmp = temporary_path(json_path)
+    tmp.write_text(json.dumps(report, indent=2, default=float))
+    os.replace(tmp, json_path)
+    return report

@@ -188,3 +188,10 @@ def test_paste_mask_covers_everything_the_warp_touches():
     mask = backend.paste_mask()
     assert mask.shape == (256, 256) and mask.dtype == np.float32
     assert mask[changed].min() > 0.99 and mask[0, 0] < 0.05
+
+
+def test_degenerate_driver_landmarks_do_not_break_the_frame():
+    backend, image, lm = prepared()
+    for bad in (np.full_like(lm, 100.0), np.full_like(lm, np.nan), lm * 10):
+        out = backend.animate([DriverFrame(1, bad, image)])[0]
+        assert np.isfinite(out).all() and np.abs(out.astype(int) - image).mean() < 1.0

@@ -245,6 +245,9 @@ class LandmarkBackend:
         cfg = self.config
         z = _z(driver)
         a, b = fit_similarity(self._ref[STABLE], z[STABLE])  # reference -> this frame
+        if not (np.isfinite(z).all() and np.isfinite(a) and 0.5 < abs(a) < 2.0):
+            log.debug("implausible driver landmarks (scale %.3g): no motion for this frame", abs(a))
+            z, a, b = self._ref.copy(), 1.0 + 0j, 0j
         residual = (z - b) / a - self._ref  # local motion in the reference frame
         local = self._src + self._alpha * residual * (cfg.expression * self._gain)
         down = self._down_src
@@ -411,6 +414,8 @@ class LandmarkBackend:
         idx = INNER_LIPS + OUTER_LIPS
         t = target[idx] - (x0, y0)
         d = frame.landmarks[idx]
+        if not np.isfinite(d).all():
+            return None
         # Affine from the target's lip points (box coordinates) to the driver's: the patch samples the driver crop.
         design = np.concatenate([t, np.ones((len(t), 1), np.float32)], 1)
         weights = np.r_[np.full(8, 3.0), np.ones(12)][:, None]  # the inner lips matter most

@@ -85,7 +85,8 @@ def test_audio_mark_snr_and_read_back() -> None:
     assert marked.samples.shape == audio.samples.shape and marked.sample_rate == audio.sample_rate
     assert audio_mark.snr(audio, marked) >= 30.0
     assert audio_mark.detect_audio(marked) == (True, payload, pytest.approx(1.0, abs=0.05))
-    assert not audio_mark.detect(audio).found
+    unmarked = audio_mark.detect(audio)
+    assert not unmarked.found and unmarked.confidence < audio_mark.AGREEMENT_MIN
     # Trimmed at an arbitrary sample: synchronisation finds the blocks again.
     cut = Audio(marked.samples[:, 12345:], marked.sample_rate)
     assert audio_mark.detect(cut).payload == payload
@@ -95,6 +96,8 @@ def test_audio_too_short_is_left_alone() -> None:
     short = Audio(np.zeros((1, 8000), np.float32), 16000)
     assert audio_mark.mark_audio(short, Payload.new()) is short
     assert not audio_mark.detect(short).found
+    silence = audio_mark.detect(Audio(np.zeros((1, 16000 * 6), np.float32), 16000))
+    assert not silence.found and silence.confidence < audio_mark.AGREEMENT_MIN  # the dither: no clean zero codeword
 
 
 def test_label_is_drawn_in_a_corner_only() -> None:

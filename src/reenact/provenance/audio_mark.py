@@ -10,8 +10,8 @@ through the clip; each tile of a block belongs to one coded bit and has a keyed
 the tile's whitened log energy (log energy minus the mean of its 5 x 5
 neighbourhood, which removes loudness and the spectral envelope) times its sign.
 
-Embedding moves each projection onto a lattice, step*Z for bit 0 and
-step*(Z + 1/2) for bit 1 (dither modulation, so the sound's own projection does
+Embedding moves each projection onto a lattice, step*(Z + d) for bit 0 and
+step*(Z + d + 1/2) for bit 1, d a keyed offset per bit (dither modulation, so the sound's own projection does
 not interfere), by scaling the tiles' magnitudes; quiet tiles take more of the
 change than loud ones, which costs far less energy. The gains are found by a few
 fixed-point steps on the detector's own statistic, and the largest step of
@@ -115,9 +115,15 @@ def _project(folded: np.ndarray, count: np.ndarray, signs: np.ndarray, index: np
     return np.bincount(index.ravel(), weights=(folded * signs).ravel(), minlength=N_CODED) / n, n
 
 
+def _dither() -> np.ndarray:
+    """Keyed offset of each coded bit's lattice, as a fraction of the step (so silence or an
+    unmarked sound, whose projections sit near 0, does not decode to a clean all-zero codeword)."""
+    return rng("audio-dither").random(N_CODED)
+
+
 def _soft(projection: np.ndarray, step: float) -> np.ndarray:
-    """Soft bits of projections quantised on the lattice step*Z (bit 0) or step*(Z + 1/2) (bit 1)."""
-    return -np.cos(2 * np.pi * projection / step)
+    """Soft bits of projections quantised on the lattice step*(Z + d) (bit 0) or step*(Z + d + 1/2) (bit 1)."""
+    return -np.cos(2 * np.pi * (projection / step - _dither()))
 
 
 def mark_audio(audio: Audio, payload: Payload, snr_db: float = SNR_DB) -> Audio:
@@ -150,7 +156,8 @@ def mark_audio(audio: Audio, payload: Payload, snr_db: float = SNR_DB) -> Audio:
         np.bincount(cell_bit.ravel(), minlength=N_CODED)[cell_bit]
     delta16 = None
     for step in sorted(LATTICE_STEPS, reverse=True):
-        target = step * (np.round(host / step - bit / 2) + bit / 2)
+        offset = _dither() + bit / 2
+        target = step * (np.round(host / step - offset) + offset)
         amount, now = np.zeros(N_CODED), host
         for _ in range(ITERATIONS):
             amount += (target - now) / STEP_GAIN

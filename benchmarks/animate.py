@@ -29,7 +29,7 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets"
 DRIVERS = [SHARED / "drivers" / name for name in ("liax_driving1.mp4", "vox_driving2.mp4", "vox_driving1.mp4")]
 SOURCE = SHARED / "portraits" / "obama.jpg"
-STAGES = ("decode", "track", "animate", "paste", "encode")
+STAGES = ("decode", "track", "animate", "paste", "mark", "encode")  # "mark": visible label + watermark
 
 
 class StillBackend:
@@ -192,7 +192,7 @@ def main() -> None:
               f"({b['frames'] / b['fps']:.0f} s): {a['peak_rss_mib']:.0f} vs {b['peak_rss_mib']:.0f} MiB "
               f"({100 * (a['peak_rss_mib'] / b['peak_rss_mib'] - 1):+.1f}%)")
     print("\nstage f/s = frames / seconds spent in that stage (track excludes decoding); end to end = frames / "
-          "wall time of animate() (setup, both passes, mux); setup = loading models and the source; "
+          "wall time of animate() (setup, both passes, marks, mux, signing); setup = loading models and the source; "
           "peak RSS = ru_maxrss of the process that ran it; identity = median dlib distance, source vs output; "
           "mouth corr/gain = correlation and spread ratio of mouth opening, output vs driver.")
     targets(results, args)

@@ -156,7 +156,8 @@ def main() -> None:
             short = cut(args.long, args.short_seconds, folder / f"{args.long.stem}_first{args.short_seconds:g}s.mp4")
             cases.append((f"{args.long.name} first {args.short_seconds:g} s", short))
         for label, driver in cases:
-            output = folder / f"{Path(label.split()[0]).stem}{'_short' if ' first ' in label else ''}.{args.backend}.mp4"
+            stem = Path(label.split()[0]).stem + ("_short" if " first " in label else "")
+            output = folder / f"{stem}.{args.backend}.mp4"
             print(f"running {label} ...", file=sys.stderr, flush=True)
             r = run_case(driver, output, args)
             if not args.no_measure:

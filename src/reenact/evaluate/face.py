@@ -106,7 +106,8 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
     """Compare two frame-aligned landmark tracks of equal length (N, 68, 2).
 
     The driver's relative motion is turned by the median difference in roll
-    between the two, so a portrait that leans is not penalised. `landmark_error` is the mean distance between the relative motions;
+    between the two, so a portrait that leans is not penalised.
+    `landmark_error` is the mean distance between the relative motions;
     `static_error` is what an output that did not move at all would score
     (the driver's own mean relative motion), for scale. `<proxy>_corr` are
     Pearson correlations of mouth opening, eye opening, yaw and pitch (None

@@ -73,7 +73,23 @@ def test_motion_allows_for_a_leaning_portrait():
     assert np.allclose(pose.roll(out) - pose.roll(drv), angle, atol=1e-4)
     m = motion_measures(out, drv)
     assert m["landmark_error"] == pytest.approx(0.0, abs=1e-4)
+    assert m["expression_error"] == pytest.approx(0.0, abs=1e-4)
     assert m["mouth_corr"] == pytest.approx(1.0) and m["eyes_corr"] == pytest.approx(1.0)
+
+
+def test_expression_motion_ignores_head_motion():
+    drv = talking()
+    t = np.arange(len(drv))[:, None, None]
+    angle = 0.1 * np.sin(t / 5.0)  # the head sways, scales and moves, the face deforms as before
+    c, s = np.cos(angle), np.sin(angle)
+    x, y = drv[..., :1], drv[..., 1:]
+    moving = (1 + 0.05 * np.sin(t / 4.0)) * np.concatenate([c * x - s * y, s * x + c * y], -1) + 0.3 * t
+    m = motion_measures(moving.astype(np.float32), drv)
+    assert m["landmark_error"] > 0.1
+    assert m["expression_error"] < 0.01 * m["landmark_error"]
+    assert m["expression_static_error"] > 0.01
+    m = motion_measures(np.repeat(drv[:1], len(drv), axis=0), drv)
+    assert m["expression_error"] == pytest.approx(m["expression_static_error"])
 
 
 def test_relative_motion_is_in_face_sizes():

@@ -58,6 +58,20 @@ def relative_motion(landmarks: np.ndarray, found: np.ndarray | None = None) -> n
     return (landmarks - landmarks[:1]) / face_size(landmarks, found)
 
 
+def expression_motion(landmarks: np.ndarray, found: np.ndarray | None = None) -> np.ndarray:
+    """Like `relative_motion`, after fitting each frame onto the first by a similarity.
+
+    What is left is the face's own deformation (mouth, lids, brows), without
+    head translation, rotation in the image plane and scale.
+    """
+    z = landmarks[..., 0].astype(np.float64) + 1j * landmarks[..., 1]
+    ref = z[0] - z[0].mean()
+    p = z - z.mean(axis=1, keepdims=True)
+    a = (np.conj(p) * ref).sum(axis=1, keepdims=True) / np.maximum((np.abs(p) ** 2).sum(axis=1, keepdims=True), 1e-12)
+    d = a * p - ref
+    return (np.stack([d.real, d.imag], -1) / face_size(landmarks, found)).astype(np.float32)
+
+
 def landmark_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean Euclidean distance between corresponding points of two (N, 68, 2) arrays."""
     return float(np.linalg.norm(a - b, axis=-1).mean())
@@ -109,7 +123,11 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
     between the two, so a portrait that leans is not penalised.
     `landmark_error` is the mean distance between the relative motions;
     `static_error` is what an output that did not move at all would score
-    (the driver's own mean relative motion), for scale. `<proxy>_corr` are
+    (the driver's own mean relative motion), for scale. `expression_error`
+    and `expression_static_error` are the same after removing each frame's
+    head motion (similarity fit to the first frame): the face's own
+    deformation, which a portrait animator can follow fully even where it
+    keeps the head steadier than the driver's. `<proxy>_corr` are
     Pearson correlations of mouth opening, eye opening, yaw and pitch (None
     when either series is constant); `<proxy>_gain` the ratio of their
     standard deviations, output over driver: a correlation means little when
@@ -119,10 +137,14 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
     # The portrait may lean differently from the driver: turn the driver's motion by the median roll difference.
     angle = float(np.median(np.angle(np.exp(1j * (pose.roll(output) - pose.roll(driver))))))
     c, s = np.cos(angle), np.sin(angle)
-    b = b @ np.array([[c, s], [-s, c]], np.float32)
+    turn = np.array([[c, s], [-s, c]], np.float32)
+    b = b @ turn
+    ea, eb = expression_motion(output, output_found), expression_motion(driver, driver_found) @ turn
     return {
         "landmark_error": landmark_error(a, b),
         "static_error": landmark_error(np.zeros_like(b), b),
+        "expression_error": landmark_error(ea, eb),
+        "expression_static_error": landmark_error(np.zeros_like(eb), eb),
         **{f"{name}_corr": pearson(fn(output), fn(driver)) for name, fn in PROXIES.items()},
         **{f"{name}_gain": gain(fn(output), fn(driver)) for name, fn in PROXIES.items()},
     }
@@ -198,7 +220,8 @@ def evaluate_face(
         return {"video": str(video), "source": str(source), "driver": str(driver), "frames": n,
                 "frames_output": n, "frames_driver": drv.n_frames, "no_face_frames": n,
                 "driver_no_face_frames": drv.n_missing, "identity": identity_stats(np.empty(0)),
-                "motion": {"landmark_error": None, "static_error": None,
+                "motion": {"landmark_error": None, "static_error": None, "expression_error": None,
+                           "expression_static_error": None,
                            **{f"{k}_{m}": None for m in ("corr", "gain") for k in PROXIES}},
                 "jitter": {"output": None, "driver": jitter(drv.raw, drv.found), "ratio": None}}
 
@@ -257,6 +280,8 @@ def format_face_report(report: dict) -> str:
     rows += [
         ("landmark error", _f(motion["landmark_error"]),
          f"relative motion vs driver, face sizes (a still output: {_f(motion['static_error'])})"),
+        ("expression error", _f(motion["expression_error"]),
+         f"the same without head motion (a still output: {_f(motion['expression_static_error'])})"),
         *[(f"{name} corr", _f(motion[f"{name}_corr"]),
            f"Pearson vs driver, {note} (gain {_f(motion[f'{name}_gain'], 2)}: output/driver spread)")
           for name, note in _PROXY_NOTES.items()],

@@ -67,6 +67,8 @@ class LandmarkConfig:
     driver_mouth: bool = True  # fill it from the driver's mouth interior (needs driver images)
     mouth_darkness: float = 0.5  # the filled interior's mean brightness at most this times the lips'
     eye_lids: bool = True  # stretch the upper lid's skin over a shut eye
+    lid_margin: float = 0.2  # the lid skin is taken from this far (times the open lid gap) above the lash line
+    lid_skin: float = 1.0  # how tall a band of upper-lid skin (relative to the covered height) is stretched over it
     eye_ratio: bool = True  # eyelids follow the driver's lid gap by ratio (blinks always close)
     eye_closed: float = 0.45  # the driver's lid gap, over its reference gap, read as a shut eye
     max_eye_ratio: float = 1.1  # eyes open at most this much wider than the source's
@@ -224,12 +226,14 @@ class LandmarkBackend:
         self._down_ref = self._down(self._ref)
         self._src_lid = _gaps(self._src, LID_PAIRS, self._down_src)
         self._ref_lid = _gaps(self._ref, LID_PAIRS, self._down_ref)
-        self._src_lip = _gaps(self._src, LIP_PAIRS, self._down_src).mean()
+        self._src_lip = max(_gaps(self._src, LIP_PAIRS, self._down_src).mean(), 0.0)  # dlib's closed lips may cross
         self._ref_lip = _gaps(self._ref, LIP_PAIRS, self._down_ref).mean()
         self._iod = abs(self._src[42:48].mean() - self._src[36:42].mean())
         extra, self._follow, self._follow_weight, self._head_weight = extra_points(source.landmarks, s)
         self._extra = _z(extra)
         self._lip_stats = _ring_stats(source.image, source.landmarks)
+        # How bright the source's own open mouth is (teeth?): 0 unless it is clearly open.
+        self._src_mouth = _mouth_brightness(source.image, source.landmarks) if self._src_lip > 0.1 * self._iod else 0.0
         self._drv_stats = _ring_stats(reference.image, reference.landmarks) if reference.image is not None else None
         self._prepared = True
 
@@ -364,8 +368,8 @@ class LandmarkBackend:
             ys = np.arange(y0, y1, dtype=np.float32)[:, None]
             top = yu - reach
             t = (ys - top) / np.maximum(yl - top, 1e-3)
-            margin = 0.2 * open_gap  # stop short of the lash line's dark band and of the eye itself
-            want = np.where(ys <= yl, su - margin - (1.0 - np.clip(t, 0, 1)) * reach / scale,  # upper lid skin
+            margin = self.config.lid_margin * open_gap  # stop short of the lash line's dark band and of the eye
+            want = np.where(ys <= yl, su - margin - (1.0 - np.clip(t, 0, 1)) * reach / scale * self.config.lid_skin,  # upper lid skin
                             sl + margin + (ys - yl) / scale)  # then the lower lid's skin
             depth = (ys - yl) / max(below, 1e-3)  # 0 at the closed lid line, 1 at the end of the band below
             inside = np.clip(np.minimum((t + 0.15) / 0.15, (1.0 - depth) / 0.3), 0, 1)  # feathered top and bottom
@@ -379,7 +383,9 @@ class LandmarkBackend:
         down = self._down_src
         gap = _gaps(_z(target), LIP_PAIRS, down).mean() / max(scale, 1e-6)
         excess = gap - self._src_lip
-        amount = float(np.clip(excess / (0.05 * self._iod), 0.0, 1.0))
+        # Ramp in over a wider range when the source already shows its mouth: its own (stretched) teeth
+        # give way to the driver's mouth gradually instead of switching in one frame.
+        amount = float(np.clip(excess / (0.05 * self._iod + 0.5 * self._src_lip), 0.0, 1.0))
         if amount <= 0.0:
             return
         s = self.size
@@ -400,7 +406,7 @@ class LandmarkBackend:
             if patch is not None:  # a mouth interior is darker than the lips around it: keep it so
                 inside = mask > 0.5 * amount
                 lum = patch[inside].mean() if inside.any() else 0.0
-                limit = self.config.mouth_darkness * self._lip_stats[0].mean()
+                limit = max(self.config.mouth_darkness * self._lip_stats[0].mean(), 0.7 * self._src_mouth)
                 if lum > limit:
                     patch *= limit / lum
         if patch is None:
@@ -470,6 +476,13 @@ def _ring_stats(image: np.ndarray | None, lm: np.ndarray) -> tuple[np.ndarray, n
     ycc = cv2.cvtColor(crop, cv2.COLOR_RGB2YCrCb)[mask > 0].astype(np.float32)
     rgb = crop[mask > 0].astype(np.float32)
     return rgb.mean(0), np.stack([ycc.mean(0), ycc.std(0) + 1.0])
+
+
+def _mouth_brightness(image: np.ndarray, lm: np.ndarray) -> float:
+    """Mean brightness inside the inner lips (0 when they enclose under 20 pixels)."""
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(lm[60:68]).astype(np.int32)], 1)
+    return float(image[mask > 0].mean()) if mask.sum() >= 20 else 0.0
 
 
 def _match_colour(patch: np.ndarray, driver: tuple | None, source: tuple | None) -> np.ndarray:

@@ -7,24 +7,29 @@ No learned weights. For each driver frame:
    and a local residual expressed in the reference frame. The residual is
    carried into the source's frame by the similarity that maps the driver's
    reference face onto the source face (so it is normalised for position, scale
-   and roll), added to the source's landmarks, and the head similarity is then
-   applied conjugated into the source frame. Eyelids move by ratio (the
-   source's lid gap times the driver's gap over its reference gap), so a blink
-   closes the source's eyes whatever their size; lips and lids never cross.
+   and roll), added to the source's landmarks with a gain per region (full
+   gains carry the driver's face shape and cost identity), and the head
+   similarity is then applied conjugated into the source frame. The mouth
+   opening follows the driver's inner-lip gap; eyelids move by ratio to the
+   driver's reference gap, so a blink closes the source's eyes whatever their
+   size; lips and lids never cross.
 2. Warp. Extra control points make the rest of the head follow: forehead
-   points extrapolated from the brows, a ring around the head (both rigid with
-   the head), and fixed anchors on the crop border. A thin-plate spline from
-   target points to source points is evaluated on a coarse grid, its
-   displacement faded to zero towards the crop border, upsampled, and the
-   source crop is resampled with `cv2.remap` (backward mapping: no holes).
+   points, crease points between lids and brows, a ring around the head (its
+   lower part moving less, the body stays), and fixed anchors on the crop
+   border. A thin-plate spline from target points to source points is
+   evaluated on a coarse grid, its displacement faded to exactly zero at the
+   crop border, upsampled, and the source crop is resampled with `cv2.remap`
+   (backward mapping: no holes). Over a shut eye the maps are overridden so
+   the upper lid's skin covers it (a smooth warp only squeezes it to a slit).
 3. Mouth. Where the target inner lips open wider than the source's, the gap is
    filled with the driver's own mouth interior (teeth, tongue), warped onto the
-   target inner-lip polygon and colour-matched to the source's lips, with a
-   feathered edge; without driver images a synthetic dark mouth with a teeth
-   band is drawn instead.
+   target inner-lip polygon, brought into the source's lighting and kept darker
+   than the lips, with a feathered edge; without driver images a synthetic dark
+   mouth with a teeth band is drawn instead.
 
 All complex arithmetic below treats a point (x, y) as x + iy, so a similarity
-is z -> a z + b with a complex `a` (scale and rotation).
+is z -> a z + b with a complex `a` (scale and rotation). docs/landmark-backend.md
+has the measurements behind each choice.
 """
 
 from __future__ import annotations
@@ -231,6 +236,7 @@ class LandmarkBackend:
         self._iod = abs(self._src[42:48].mean() - self._src[36:42].mean())
         extra, self._follow, self._follow_weight, self._head_weight = extra_points(source.landmarks, s)
         self._extra = _z(extra)
+        self._controls = np.concatenate([source.landmarks, extra, self._border]).astype(np.float32) / s  # spline values
         self._lip_stats = _ring_stats(source.image, source.landmarks)
         # How bright the source's own open mouth is (teeth?): 0 unless it is clearly open.
         self._src_mouth = _mouth_brightness(source.image, source.landmarks) if self._src_lip > 0.1 * self._iod else 0.0
@@ -288,7 +294,7 @@ class LandmarkBackend:
     def warp_map(self, target: np.ndarray, target_extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Backward maps (map_x, map_y), each (S, S) float32: output pixel -> source pixel."""
         s = self.size
-        src = np.concatenate([_xy(self._src), _xy(self._extra), self._border]) / s
+        src = self._controls
         moving = np.concatenate([target, target_extra]) / s
         tgt = np.concatenate([moving, self._border / s])
         n = len(tgt)

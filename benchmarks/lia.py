@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--driver", help="driver video (frames are resized to 256); default: synthetic frames")
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--official-frames", type=int, default=None, help="frames for the official loop (default: same)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--device", default="cpu")

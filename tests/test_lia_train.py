@@ -95,7 +95,8 @@ def _frame_folders(root: Path, n: int = 2) -> Path:
         d.mkdir(parents=True)
         for i in range(4):
             v, u = np.mgrid[0:40, 0:40] / 39
-            img = np.stack([np.sin(6 * u + i * 0.3 + c + k) * 0.5 + 0.5 for c in range(3)], -1) * (1 - 0.3 * v[..., None])
+            img = np.stack([np.sin(6 * u + i * 0.3 + c + k) * 0.5 + 0.5 for c in range(3)], -1)
+            img = img * (1 - 0.3 * v[..., None])
             cv2.imwrite(str(d / f"{i:03d}.png"), (255 * img).astype(np.uint8))
     return root
 

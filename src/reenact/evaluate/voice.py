@@ -203,3 +203,21 @@ def evaluate_voice(converted: str | Path, target: str | Path, original: str | Pa
         convert_array(x, m)
         out["rtf"] = (time.perf_counter() - start) / (len(x) / m.sample_rate)
     return out
+
+
+def format_voice_report(r: dict) -> str:
+    """Human-readable lines of an `evaluate_voice` report."""
+    f = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
+    lines = [f"speaker similarity (resemblyzer cosine): to target {f(r['cos_target'], '.3f')}, "
+             f"to original speaker {f(r['cos_original'], '.3f')} "
+             f"({'closer to the target' if r['closer_to_target'] else 'NOT closer to the target'}); "
+             f"unconverted original to target {f(r['baseline_cos_target'], '.3f')}",
+             f"F0 correlation with the original (voiced frames): {f(r.get('f0_corr'), '.3f')}, "
+             f"RMS difference {f(r.get('f0_rmse_cents'), '.0f')} cents"]
+    if "mcd_db" in r:
+        lines.append(f"mel-cepstral distortion to the reference: {f(r['mcd_db'], '.2f')} dB")
+    if "wer" in r:
+        lines.append(f"word error rate (pocketsphinx): converted {r['wer']:.1%}, original {r['wer_original']:.1%}")
+    if "rtf" in r:
+        lines.append(f"conversion real-time factor: {r['rtf']:.3f}")
+    return "\n".join(lines)

@@ -156,6 +156,9 @@ def prepare_file(path: Path, out_dir: Path, cfg: PrepareConfig) -> tuple[list[di
     hop = 0.01
     db = F.frame_db(x, sr, 0.02, hop)
     runs, thr = pauses(db, hop, cfg.min_pause)
+    if np.percentile(db, 95) - np.percentile(db, 10) < cfg.min_snr:  # no pauses stand out of the noise
+        log.info("%s: dropped (too noisy: no pauses stand out)", path)
+        return [], {"too noisy": 1}, seconds
     meter = pyloudnorm.Meter(sr)
     tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
     clips, dropped = [], {}

@@ -8,6 +8,7 @@ Conversion analyses the driver's speech, maps its F0 to the target's log-F0
 statistics (automatic transposition) or transposes it by N semitones, converts
 its spectral envelope, and resynthesises with WORLD. Spectral methods:
 
+- ``pitch``: F0 conversion only (a baseline: the driver's envelope is kept).
 - ``warp``: frequency warping of the envelope by the ratio that best matches the
   target's long-term average envelope, then a per-coefficient mean and variance
   mapping of the mel-cepstrum to the target's statistics.
@@ -43,15 +44,15 @@ from reenact.voice import features as F
 log = logging.getLogger(__name__)
 
 FORMAT = "reenact-voice-world"
-METHODS = ("warp", "knn", "warp-knn")
+METHODS = ("pitch", "warp", "knn", "warp-knn")
 
 
 @dataclass
 class TrainConfig:
-    method: str = "knn"
+    method: str = "warp-knn"
     sample_rate: int = 24000
     dims: int = 40  # mel-cepstral coefficients kept
-    match_dims: int = 24  # coefficients 1..match_dims-1 are compared in the kNN search
+    match_dims: int = 8  # coefficients 1..match_dims-1 are compared in the kNN search
     k: int = 4  # neighbours averaged per frame
     smooth: int = 3  # frames of the moving average over the converted cepstra
     blend: float = 1.0  # warp-knn: weight of the neighbours' mean against the warped frame
@@ -305,6 +306,8 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None) -
     sp, edge = F.fill_band(w.sp, speech)
     if edge < sp.shape[1]:
         log.debug("input band ends at %.0f Hz; extended flat above", edge * fs / 2 / (sp.shape[1] - 1))
+    if method == "pitch":  # F0 conversion only: the driver's envelope and aperiodicity are kept
+        return w.sp, w.ap
     if method in ("warp", "warp-knn"):
         ratio = best_warp(sp, voiced & speech, t["ltas"], fs)
         log.debug("frequency warp ratio %.2f", ratio)

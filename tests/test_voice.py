@@ -1,0 +1,219 @@
+"""Voice: dataset preparation, WORLD voice training/conversion, measures, on synthesized speech-like audio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from reenact.errors import ReenactError
+from reenact.media.audio import Audio
+from reenact.voice import features as F
+from reenact.voice.dataset import PrepareConfig, prepare_dataset
+from reenact.voice.world import TrainConfig, VoiceModel, convert_audio, convert_voice, train_voice
+
+FORMANTS = {"a": (700, 1200, 2600), "i": (300, 2300, 3000), "u": (320, 800, 2400), "e": (500, 1900, 2600)}
+
+
+def speechlike(seconds: float, sr: int = 24000, f0: float = 120.0, scale: float = 1.0, seed: int = 0,
+               noise: float = 0.0) -> np.ndarray:
+    """Vowel-like syllables (harmonics shaped by formants, gliding F0) separated by pauses."""
+    rng = np.random.default_rng(seed)
+    out, t = [], 0.0
+    while t < seconds:
+        dur = min(rng.uniform(0.8, 1.6), seconds - t)  # a "phrase": several vowels without a pause
+        n = int(dur * sr)
+        time = np.arange(n) / sr
+        pitch = f0 * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(1, 3) * time + rng.uniform(0, 6)))
+        phase = 2 * np.pi * np.cumsum(pitch) / sr
+        vowel = np.zeros(n)
+        bounds = np.linspace(0, n, 4).astype(int)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            formants = [f * scale for f in FORMANTS["aiue"[rng.integers(4)]]]
+            seg = np.zeros(b - a)
+            for h in range(1, int(min(sr / 2, 6000) / (f0 * 1.3))):
+                freq = pitch[a:b] * h
+                gain = sum(np.exp(-0.5 * ((freq - fm) / 90.0) ** 2) for fm in formants) + 0.02
+                seg += gain * np.sin(h * phase[a:b]) / h**0.5
+            vowel[a:b] = seg
+        env = np.minimum(1, np.minimum(time, dur - time) / 0.03)
+        out += [0.1 * vowel * env / (np.abs(vowel).max() + 1e-9), np.zeros(int(rng.uniform(0.25, 0.45) * sr))]
+        t += dur + 0.35
+    x = np.concatenate(out)[: int(seconds * sr)]
+    x = np.pad(x, (0, int(seconds * sr) - len(x)))
+    return x + noise * rng.standard_normal(len(x))
+
+
+@pytest.fixture(scope="module")
+def voice_model(tmp_path_factory) -> Path:
+    """A model trained on 90 s of a synthetic 'female' speaker (F0 220 Hz, formants x1.2)."""
+    d = tmp_path_factory.mktemp("target")
+    for i in range(6):
+        sf.write(d / f"t{i}.wav", speechlike(15, sr=16000, f0=220, scale=1.2, seed=10 + i), 16000)
+    out = d / "voice.safetensors"
+    return train_voice(d, out, TrainConfig(max_pool=20000))
+
+
+@pytest.fixture()
+def driver_wav(tmp_path) -> Path:
+    p = tmp_path / "driver.wav"
+    sf.write(p, speechlike(4, f0=110, seed=3), 24000)
+    return p
+
+
+def test_cepstrum_round_trip_and_warp():
+    n = 513
+    hz = np.arange(n) * 12000 / (n - 1)
+    sp = (np.exp(-0.5 * ((hz - 800) / 150) ** 2) + 0.05) * np.ones((3, 1))
+    cep = F.cepstrum(24000, n, 40)
+    back = cep.decode(cep.encode(sp))
+    assert np.median(np.abs(np.log(back / sp))) < 0.1
+    warped = F.warp_envelope(sp, 1.25)
+    assert abs(hz[np.argmax(warped[0])] - 1000) < 30
+    band = sp.copy()
+    band[:, 300:] = 1e-16
+    filled, edge = F.fill_band(band, np.ones(3, bool))
+    assert 290 <= edge <= 301 and filled[:, -1].min() > 1e-3
+
+
+def test_prepare_splits_at_pauses_and_resumes(tmp_path):
+    sr = 48000
+    x = F.resample(speechlike(40, sr=16000, seed=1), 16000, sr)
+    stereo = np.stack([x, 0.5 * x], axis=1)
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "talk.wav", stereo, sr, subtype="PCM_24")  # 24-bit stereo 48 kHz
+    (src / "notes.txt").write_text("not audio")  # not a media extension: ignored in folders
+    sf.write(src / "noisy.flac", speechlike(12, sr=16000, seed=2, noise=0.05), 16000)
+    clipped = np.clip(speechlike(12, sr=16000, seed=4) * 30, -1, 1)
+    sf.write(src / "clipped.wav", clipped, 16000)
+    out = tmp_path / "ds"
+    cfg = PrepareConfig(sample_rate=24000)
+    summary = prepare_dataset([src], out, cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    clips = manifest["clips"]
+    assert clips and summary.clips == len(clips)
+    assert summary.dropped.get("too noisy", 0) >= 1 and summary.dropped.get("clipped", 0) >= 1
+    assert all(c["source"].endswith("talk.wav") for c in clips)
+    assert summary.minutes_kept <= summary.minutes_read and summary.warnings  # under 10 minutes
+    for c in clips:
+        y, rate = sf.read(out / c["file"])
+        assert rate == 24000 and y.ndim == 1
+        assert 2.0 <= c["duration"] <= 10.5
+        edge = int(0.02 * rate)  # cut in pauses: both ends are quiet
+        assert c["start"] == 0 or np.abs(y[:edge]).max() < 0.01  # (the file itself starts in speech)
+        assert np.abs(y[-edge:]).max() < 0.01
+        assert {"start", "end", "loudness_lufs", "snr_db"} <= set(c)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.flac")}
+    again = prepare_dataset([src], out, cfg)  # idempotent: nothing rewritten
+    assert again.clips == summary.clips
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.flac")} == mtimes
+    with pytest.raises(ReenactError, match="not found"):
+        prepare_dataset([tmp_path / "missing.wav"], out, cfg)
+    (tmp_path / "bad.wav").write_text("this is not audio")
+    with pytest.raises(ReenactError):
+        prepare_dataset([tmp_path / "bad.wav"], tmp_path / "ds2", cfg)
+
+
+def test_small_dataset_is_refused(tmp_path):
+    sf.write(tmp_path / "a.wav", speechlike(20, sr=16000, seed=5), 16000)
+    with pytest.raises(ReenactError, match=r"at least 1 min is needed"):
+        train_voice(tmp_path, tmp_path / "m.safetensors", TrainConfig(workers=1))
+
+
+def test_model_file_is_safetensors_with_metadata(voice_model):
+    from safetensors import safe_open
+
+    with safe_open(str(voice_model), framework="numpy") as f:
+        meta = json.loads(f.metadata()["reenact"])
+        assert "pool_mc" in f.keys()
+    assert meta["method"] == "warp-knn" and meta["sample_rate"] == 24000
+    assert 200 < meta["f0_median_hz"] < 245
+    assert meta["training"]["clips"] == 6 and meta["training"]["minutes"] == pytest.approx(1.5, abs=0.01)
+    model = VoiceModel.load(voice_model)
+    assert model.tensors["pool_mc"].shape[1] == 40
+
+
+@pytest.mark.parametrize("method", ["warp", "knn", "warp-knn"])
+def test_convert_maps_f0_and_keeps_timing(voice_model, driver_wav, tmp_path, method):
+    model = VoiceModel.load(voice_model)
+    model.meta["method"] = method
+    out = convert_voice(driver_wav, model, tmp_path / "out.wav")
+    y, sr = sf.read(out)
+    x, _ = sf.read(driver_wav)
+    assert sr == 24000 and len(y) == len(x)
+    f0 = F.f0_track(y, sr)
+    assert 190 < np.median(f0[f0 > 0]) < 250  # driver at 110 Hz moved to the target's 220 Hz
+    from reenact.evaluate.voice import f0_correlation
+
+    assert f0_correlation(F.resample(y, sr, 16000), F.resample(x, sr, 16000))["f0_corr"] > 0.8
+
+
+def test_transpose_in_semitones(voice_model, driver_wav, tmp_path):
+    y, sr = sf.read(convert_voice(driver_wav, voice_model, tmp_path / "up.flac", transpose=12))
+    f0 = F.f0_track(y, sr)
+    assert 195 < np.median(f0[f0 > 0]) < 250  # 110 Hz one octave up
+
+
+def test_odd_inputs(voice_model, tmp_path):
+    sr = 8000
+    x8 = F.resample(speechlike(3, seed=7), 24000, sr)
+    sf.write(tmp_path / "8k.wav", x8, sr)
+    y, rate = sf.read(convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "8k_out.wav"))
+    assert rate == 24000 and abs(len(y) / rate - 3) < 0.01 and np.abs(y).max() > 0.01
+    sf.write(tmp_path / "silent.wav", np.zeros(24000), 24000)
+    y, _ = sf.read(convert_voice(tmp_path / "silent.wav", voice_model, tmp_path / "s_out.wav"))
+    assert len(y) == 24000 and np.abs(y).max() == 0
+    sf.write(tmp_path / "short.wav", speechlike(0.3, seed=8), 24000)
+    y, _ = sf.read(convert_voice(tmp_path / "short.wav", voice_model, tmp_path / "short_out.wav"))
+    assert len(y) == int(0.3 * 24000)
+    sf.write(tmp_path / "tiny.wav", np.zeros(100), 24000)
+    with pytest.raises(ReenactError, match="too short"):
+        convert_voice(tmp_path / "tiny.wav", voice_model, tmp_path / "t_out.wav")
+    clipped = np.clip(speechlike(2, seed=9) * 40, -1, 1)
+    sf.write(tmp_path / "clip.wav", np.stack([clipped, clipped], 1), 24000, subtype="PCM_24")
+    y, _ = sf.read(convert_voice(tmp_path / "clip.wav", voice_model, tmp_path / "c_out.wav"))
+    assert np.abs(y).max() <= 1.0 and np.isfinite(y).all()
+    (tmp_path / "text.wav").write_text("hello")
+    with pytest.raises(ReenactError):
+        convert_voice(tmp_path / "text.wav", voice_model, tmp_path / "x_out.wav")
+    with pytest.raises(ReenactError, match=".wav or .flac"):
+        convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "out.mp3")
+    with pytest.raises(ReenactError, match="not a reenact voice model"):
+        convert_voice(tmp_path / "8k.wav", tmp_path / "8k.wav", tmp_path / "o.wav")
+
+
+def test_convert_audio_in_memory(voice_model):
+    audio = Audio(np.stack([speechlike(2, sr=16000, seed=11)] * 2).astype(np.float32), 16000)
+    out = convert_audio(audio, voice_model)
+    assert out.sample_rate == 24000 and out.channels == 1 and abs(out.duration - 2.0) < 0.01
+
+
+def test_measures(voice_model, driver_wav, tmp_path):
+    from reenact.evaluate import voice as E
+
+    x = E.load16(driver_wav)
+    assert E.f0_correlation(x, x)["f0_corr"] > 0.99
+    assert E.mel_cepstral_distortion(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert E.word_error_rate("The birch canoe slid.", "the birch canoe slid") == 0.0
+    assert E.word_error_rate("a b c d", "a x c") == 0.5
+    conv = convert_voice(driver_wav, voice_model, tmp_path / "conv.wav")
+    target = voice_model.parent
+    report = E.evaluate_voice(conv, target, driver_wav, reference=target / "t0.wav", text="the birch canoe",
+                              model=voice_model)
+    for key in ("cos_target", "cos_original", "baseline_cos_target", "f0_corr", "mcd_db", "wer", "rtf"):
+        assert report[key] is not None
+    assert -1 <= report["cos_target"] <= 1 and report["rtf"] > 0
+
+
+def test_cli_help_lists_voice_commands():
+    out = subprocess.run([sys.executable, "-m", "reenact.cli", "--help"], capture_output=True, text=True)
+    if "voice" not in out.stdout:
+        pytest.skip("voice commands are not in the CLI yet")
+    sub = subprocess.run([sys.executable, "-m", "reenact.cli", "voice", "--help"], capture_output=True, text=True)
+    assert "prepare" in sub.stdout and "train" in sub.stdout and "convert" in sub.stdout

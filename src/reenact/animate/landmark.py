@@ -83,6 +83,7 @@ class LandmarkConfig:
     eyes: float = 0.25  # gain on the eyes' local motion (lid gaps are set separately)
     mouth: float = 0.5  # gain on the lips' local motion (the opening itself is set separately)
     opening: float = 1.0  # gain on the mouth opening
+    steady: float = 0.6  # weight of the new frame in a one-pole filter on head and non-lip motion (1: off)
 
 
 # ------------------------------------------------------------------ geometry helpers
@@ -241,6 +242,7 @@ class LandmarkBackend:
         # How bright the source's own open mouth is (teeth?): 0 unless it is clearly open.
         self._src_mouth = _mouth_brightness(source.image, source.landmarks) if self._src_lip > 0.1 * self._iod else 0.0
         self._drv_stats = _ring_stats(reference.image, reference.landmarks) if reference.image is not None else None
+        self._previous = None
         self._prepared = True
 
     @staticmethod
@@ -259,6 +261,13 @@ class LandmarkBackend:
             log.debug("implausible driver landmarks (scale %.3g): no motion for this frame", abs(a))
             z, a, b = self._ref.copy(), 1.0 + 0j, 0j
         residual = (z - b) / a - self._ref  # local motion in the reference frame
+        if cfg.steady < 1.0:  # one-pole smoothing of head motion and of everything but the lips
+            if self._previous is not None:
+                pa, pb, pr = self._previous
+                k = cfg.steady
+                a, b = k * a + (1 - k) * pa, k * b + (1 - k) * pb
+                residual[:48] = k * residual[:48] + (1 - k) * pr[:48]
+            self._previous = (a, b, residual.copy())
         local = self._src + self._alpha * residual * (cfg.expression * self._gain)
         down = self._down_src
         if cfg.eye_ratio:

@@ -217,3 +217,17 @@ def test_cli_help_lists_voice_commands():
         pytest.skip("voice commands are not in the CLI yet")
     sub = subprocess.run([sys.executable, "-m", "reenact.cli", "voice", "--help"], capture_output=True, text=True)
     assert "prepare" in sub.stdout and "train" in sub.stdout and "convert" in sub.stdout
+
+
+def test_cli_voice_errors_are_one_line(tmp_path):
+    (tmp_path / "a.wav").write_text("not audio")
+    cli = [sys.executable, "-m", "reenact.cli"]
+    out = subprocess.run(cli + ["voice", "--help"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("voice commands are not in the CLI yet")
+    r = subprocess.run(cli + ["voice", "train", str(tmp_path), "-o", str(tmp_path / "m.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "dataset has no readable audio clips" in r.stderr.strip().splitlines()[-1]
+    r = subprocess.run(cli + ["voice", "convert", str(tmp_path / "a.wav"), "-m", str(tmp_path / "a.wav"),
+                              "-o", str(tmp_path / "o.wav")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

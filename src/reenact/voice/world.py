@@ -134,7 +134,11 @@ class VoiceModel:
 
 def _analyse_clip(args: tuple[str, int, int]) -> dict:
     path, fs, dims = args
-    x = F.load_mono(path, fs)
+    try:
+        x = F.load_mono(path, fs)
+        F.check_signal(x, fs, Path(path), min_seconds=0.1)
+    except ReenactError as exc:
+        return {"error": str(exc)}
     w = F.analyze(x, fs)
     speech = speech_frames(w.sp)
     sp, _ = F.fill_band(w.sp, speech)
@@ -189,6 +193,12 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
             parts = list(pool.map(_analyse_clip, jobs, chunksize=4))
     else:
         parts = [_analyse_clip(j) for j in jobs]
+    for p in parts:
+        if "error" in p:
+            log.warning("skipped %s", p["error"])
+    parts = [p for p in parts if "error" not in p]
+    if not parts:
+        raise ReenactError("dataset has no readable audio clips", dataset_dir)
     seconds = sum(p["seconds"] for p in parts)
     mc = np.concatenate([p["mc"] for p in parts])
     voiced = np.concatenate([p["voiced"] for p in parts])
@@ -218,7 +228,7 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
         "frame_period": F.FRAME_PERIOD, "dims": dims, "lf0_mean": lf0_mean, "lf0_std": lf0_std,
         "f0_median_hz": float(np.exp(lf0_mean)) if lf0_mean else 0.0,
         "config": asdict(config),
-        "training": {"dataset": str(Path(dataset_dir).resolve()), "clips": len(clips),
+        "training": {"dataset": str(Path(dataset_dir).resolve()), "clips": len(parts),
                      "minutes": round(seconds / 60, 3), "speech_minutes": round(speech_seconds / 60, 3),
                      "pool_frames": int(len(keep)), "seconds_to_train": None,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},

@@ -58,8 +58,6 @@ class TrainConfig:
     blend: float = 1.0  # warp-knn: weight of the neighbours' mean against the warped frame
     target_ap: bool = True  # kNN methods: take the aperiodicity of the chosen target frames
     target_energy: float = 0.0  # kNN methods: weight of the chosen frames' level (c0) against the driver's
-    iterations: int = 0  # kNN methods: INCA-like refits of an affine map from driver to target frames
-    ridge: float = 1.0  # ... pulled towards the identity with this weight per frame
     max_pool: int = 120_000  # target frames kept for the search
     min_minutes: float = 1.0  # smaller datasets are refused
     workers: int = 2
@@ -343,14 +341,6 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None) -
             query = (mapped[:, 1:m] - mean_t[1:m]) / std_t[1:m]
         pool = model.pool(name == "voiced", m)
         dims = mc.shape[1]
-        src = np.concatenate([query, np.ones((len(query), 1))], axis=1)
-        for _ in range(int(cfg.get("iterations", 0))):  # INCA-like: refit an affine map to the neighbours
-            found = _knn_mean(query, pool, k)[:, 1:m]
-            goal = (found - mean_t[1:m]) / std_t[1:m]
-            lam = float(cfg.get("ridge", 1.0)) * len(src)
-            eye = np.eye(src.shape[1])[:, : m - 1]
-            wmat = np.linalg.solve(src.T @ src + lam * np.eye(src.shape[1]), src.T @ goal + lam * eye)
-            query = src @ wmat
         found = _knn_mean(query, pool, k)
         found_mc, found_ap = found[:, :dims], found[:, dims:]
         if method == "warp-knn":

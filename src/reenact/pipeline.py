@@ -216,7 +216,11 @@ def animate(
     if backend.needs_driver_images:
         reference_image = next(x for i, x in enumerate(iter_frames(driver_path, info.fps)) if i == ref)
     backend.prepare(source.face, driver_frame(ref, reference_image))
-    paste = PasteBack(source.image, source.crop) if config.paste_back else None
+    paste = None
+    if config.paste_back:  # a backend that knows where its output can differ says so (no colour drift either)
+        own_mask = getattr(backend, "paste_mask", None)
+        paste = (PasteBack(source.image, source.crop, colour_match=False, mask=own_mask()) if own_mask
+                 else PasteBack(source.image, source.crop))
     t = clock.add("setup", t)
 
     # Pass 2: render.

@@ -137,13 +137,18 @@ class PasteBack:
 
     `mask` (crop-sized, float in [0, 1]) defaults to `crop_mask`; pass
     `face_mask(landmarks, size)` for backends that change only the face.
+    Detail restoration: the crop is worked at 256 or 512 px, so wherever the
+    animated crop still equals the portrait's crop (background, clothes, a face
+    at rest) the portrait's own full-resolution detail is added back, and only
+    what moved shows at the crop's resolution.
     """
 
     def __init__(self, background: np.ndarray, crop: Crop, colour_match: bool = True,
-                 mask: np.ndarray | None = None) -> None:
+                 mask: np.ndarray | None = None, restore_detail: bool = True, tolerance: float = 12.0) -> None:
         self.background = background
         self.crop = crop
         self.colour_match = colour_match
+        self.tolerance = tolerance
         h, w = background.shape[:2]
         # The crop's footprint in the full image, clipped to it: only this region is touched.
         corners = crop.to_full(np.array([[0, 0], [crop.size, crop.size]], np.float32))
@@ -155,12 +160,19 @@ class PasteBack:
         self._matrix[:, 2] -= (self.x0, self.y0)
         self._roi = (self.x1 - self.x0, self.y1 - self.y0)
         soft = crop_mask(crop.size) if mask is None else mask
-        self.mask = cv2.warpAffine(soft, self._matrix, self._roi, flags=cv2.INTER_LINEAR)[..., None]
+        self.mask = self._up(soft)[..., None]
         self._bg_roi = background[self.y0:self.y1, self.x0:self.x1].astype(np.float32)
+        self._source = crop.apply(background).astype(np.float32)  # what the backend was given
+        # Full-resolution detail the crop lost: the portrait minus its crop brought back up.
+        self._detail = self._bg_roi - self._up(self._source) if restore_detail and self._roi[0] > 0 else None
         # Colour reference: the source's own crop, on a band just inside the mask edge.
         self._band = (soft > 0.05) & (soft < 0.6)
-        self._reference = crop.apply(background)[self._band].astype(np.float32).mean(0) if self._band.any() else None
+        self._reference = self._source[self._band].mean(0) if self._band.any() else None
         self._shift = np.zeros(3, np.float32)
+
+    def _up(self, image: np.ndarray) -> np.ndarray:
+        """Crop-sized image -> the region of interest of the full frame."""
+        return cv2.warpAffine(image, self._matrix, self._roi, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     def __call__(self, animated: np.ndarray) -> np.ndarray:
         """The full frame with `animated` (size x size RGB uint8) pasted in."""
@@ -171,9 +183,12 @@ class PasteBack:
             shift = self._reference - crop[self._band].mean(0)
             self._shift = 0.8 * self._shift + 0.2 * shift if self._shift.any() else shift
             crop += self._shift
-        warped = cv2.warpAffine(crop, self._matrix, self._roi, flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)
+        result = self._up(crop)
+        if self._detail is not None:
+            still = np.clip(1.0 - np.abs(crop - self._source).max(axis=2) / self.tolerance, 0, 1)
+            still = cv2.GaussianBlur(still, (0, 0), 1.5)
+            result += self._up(still)[..., None] * self._detail
         out = self.background.copy()
-        blend = self._bg_roi + (warped - self._bg_roi) * self.mask
+        blend = self._bg_roi + (result - self._bg_roi) * self.mask
         out[self.y0:self.y1, self.x0:self.x1] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         return out

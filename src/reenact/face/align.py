@@ -161,7 +161,9 @@ class PasteBack:
         self._roi = (self.x1 - self.x0, self.y1 - self.y0)
         soft = crop_mask(crop.size) if mask is None else mask
         self.mask = self._up(soft)[..., None]
+        self._mask3 = np.ascontiguousarray(np.repeat(self.mask, 3, axis=2))
         self._bg_roi = background[self.y0:self.y1, self.x0:self.x1].astype(np.float32)
+        self._bg_rounding = self._bg_roi + 0.5  # so the final truncation to uint8 rounds
         self._source = crop.apply(background).astype(np.float32)  # what the backend was given
         # Full-resolution detail the crop lost: the portrait minus its crop brought back up.
         self._detail = self._bg_roi - self._up(self._source) if restore_detail and self._roi[0] > 0 else None
@@ -185,10 +187,11 @@ class PasteBack:
             crop += self._shift
         result = self._up(crop)
         if self._detail is not None:
-            still = np.clip(1.0 - np.abs(crop - self._source).max(axis=2) / self.tolerance, 0, 1)
-            still = cv2.GaussianBlur(still, (0, 0), 1.5)
-            result += self._up(still)[..., None] * self._detail
+            change = cv2.absdiff(crop, self._source).max(axis=2)
+            still = cv2.GaussianBlur(np.clip(1.0 - change / self.tolerance, 0, 1), (0, 0), 1.5)
+            w = self._up(still)
+            result = cv2.add(result, cv2.multiply(self._detail, cv2.merge([w, w, w])))
+        blend = cv2.add(self._bg_rounding, cv2.multiply(cv2.subtract(result, self._bg_roi), self._mask3))
         out = self.background.copy()
-        blend = self._bg_roi + (result - self._bg_roi) * self.mask
-        out[self.y0:self.y1, self.x0:self.x1] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+        out[self.y0:self.y1, self.x0:self.x1] = np.clip(blend, 0, 255).astype(np.uint8)
         return out

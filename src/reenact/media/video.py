@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue as queue_module
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -200,6 +202,10 @@ class VideoWriter:
     Frames go to a temporary file beside `path`; `close()` muxes the audio (if
     any) and renames the result into place. On error, or `abort()`, nothing is
     left behind. Odd frame sizes are padded by one edge pixel to even.
+
+    Encoding runs on a worker thread fed through a short queue (`queue` frames,
+    so memory stays bounded): the caller renders the next frame while the
+    previous ones are converted to YUV and encoded (both release the GIL).
     """
 
     def __init__(
@@ -210,6 +216,7 @@ class VideoWriter:
         preset: str = "veryfast",
         metadata: dict[str, str] | None = None,
         threads: int = 0,
+        queue: int = 4,
     ) -> None:
         self.path = check_output_path(path)
         self.fps = Fraction(fps).limit_denominator(1001 * 1000)
@@ -222,6 +229,10 @@ class VideoWriter:
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self._size: tuple[int, int] | None = None
+        self._queue_size = queue
+        self._queue = None
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -247,14 +258,50 @@ class VideoWriter:
         """Append one RGB uint8 frame (H, W, 3)."""
         if self._container is None:
             self._open(image.shape[1], image.shape[0])
+            if self._queue_size > 0:
+                self._queue = queue_module.Queue(self._queue_size)
+                self._worker = threading.Thread(target=self._work, name="reenact-encode", daemon=True)
+                self._worker.start()
+        if self._error is not None:
+            raise self._error
         w, h = self._size
         if image.shape[1] != w or image.shape[0] != h:
             image = np.pad(image, ((0, h - image.shape[0]), (0, w - image.shape[1]), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        frame.pts = self.frames_written
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        if self._queue is not None:
+            self._queue.put((self.frames_written, np.ascontiguousarray(image)))
+        else:
+            self._encode(self.frames_written, image)
         self.frames_written += 1
+
+    def _encode(self, index: int, image: np.ndarray | None) -> None:
+        if image is None:
+            packets = self._stream.encode()
+        else:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = index
+            packets = self._stream.encode(frame)
+        for packet in packets:
+            self._container.mux(packet)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._encode(*item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._error = exc
+
+    def _drain(self) -> None:
+        """Wait for the worker to encode everything queued."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+        if self._error is not None:
+            raise self._error
 
     def close(self, audio: "AudioSource | None" = None) -> Path:
         """Finish the video, mux `audio` if given, and move the file into place."""
@@ -264,8 +311,8 @@ class VideoWriter:
             self.abort()
             raise ReenactError("no frames were produced; nothing written", self.path)
         try:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
+            self._drain()
+            self._encode(0, None)
             self._container.close()
             self._container = None
             if audio is not None or self.metadata:
@@ -283,6 +330,11 @@ class VideoWriter:
 
     def abort(self) -> None:
         """Drop everything written so far."""
+        if self._worker is not None:
+            self._error = self._error or RuntimeError("aborted")
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
         if self._container is not None:
             try:
                 self._container.close()

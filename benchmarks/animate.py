@@ -61,14 +61,40 @@ def worker(args: argparse.Namespace) -> None:
     result = animate(args.source, args.driver, args.output, config, backend=backend)
     wall = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    print(json.dumps({"frames": result.frames, "fps": float(result.fps), "size": list(result.size),
+    encode = encode_alone(args.output, config, args.encode_frames)
+    print(json.dumps({"encode_alone": encode, "frames": result.frames, "fps": float(result.fps),
+                      "size": list(result.size),
                       "wall": wall, "timings": result.timings, "peak_rss_mib": peak,
                       "missing_frames": result.missing_frames}))
 
 
+def encode_alone(video: Path, config, limit: int) -> float:
+    """Seconds per frame to encode the output's frames with the pipeline's settings, on this thread alone.
+
+    In the pipeline the encoder runs on a worker thread beside the other stages,
+    so its own time does not show there (the "encode" stage is only the wait
+    for a free slot in its queue).
+    """
+    from reenact.media.video import VideoWriter, iter_frames
+
+    spent, n = 0.0, 0
+    with tempfile.TemporaryDirectory(prefix="reenact-encode-") as tmp:
+        writer = VideoWriter(Path(tmp) / "x.mp4", 25, crf=config.crf, preset=config.preset, queue=0)
+        for _, frame in zip(range(limit), iter_frames(video)):
+            t = time.perf_counter()
+            writer.write(frame)
+            spent += time.perf_counter() - t
+            n += 1
+        t = time.perf_counter()
+        writer.close()
+        spent += time.perf_counter() - t
+    return spent / max(n, 1)
+
+
 def run_case(driver: Path, output: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--driver", str(driver), "--output", str(output),
-           "--source", str(args.source), "--size", str(args.size), "--backend", args.backend]
+           "--source", str(args.source), "--size", str(args.size), "--backend", args.backend,
+           "--encode-frames", str(args.encode_frames)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{driver}: animate failed\n{proc.stderr[-3000:]}")
@@ -135,6 +161,7 @@ def main() -> None:
     p.add_argument("--no-measure", action="store_true", help="skip the face measures")
     p.add_argument("--keep", type=Path, help="keep the outputs in this folder")
     p.add_argument("--json", type=Path, help="also write all figures here")
+    p.add_argument("--encode-frames", type=int, default=200, help="output frames re-encoded to time the encoder alone")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--driver", type=Path, help=argparse.SUPPRESS)
@@ -169,7 +196,8 @@ def main() -> None:
             ident = (face.get("identity") or {}).get("median")
             mouth = (face.get("motion") or {}).get("mouth_corr")
             mouth_gain = (face.get("motion") or {}).get("mouth_gain")
-            rows.append([label, str(n), f"{r['fps']:g}", *[fps(n, t.get(s)) for s in STAGES],
+            stage_fps = [fps(n, t.get(s)) if s != "encode" else f"{1 / r['encode_alone']:.0f}" for s in STAGES]
+            rows.append([label, str(n), f"{r['fps']:g}", *stage_fps,
                          fps(n, r["wall"]), fps(n, r["wall"] - t.get("setup", 0)), f"{r['wall']:.1f}",
                          f"{t.get('setup', 0):.1f}",
                          f"{r['peak_rss_mib']:.0f}", fmt(ident), fmt(mouth, 2), fmt(mouth_gain, 2)])
@@ -192,7 +220,9 @@ def main() -> None:
         print(f"\npeak RSS, {a['frames']} frames ({a['frames'] / a['fps']:.0f} s) vs its first {b['frames']} "
               f"({b['frames'] / b['fps']:.0f} s): {a['peak_rss_mib']:.0f} vs {b['peak_rss_mib']:.0f} MiB "
               f"({100 * (a['peak_rss_mib'] / b['peak_rss_mib'] - 1):+.1f}%)")
-    print("\nstage f/s = frames / seconds spent in that stage (track excludes decoding); end to end = frames / "
+    print("\nstage f/s = frames / seconds spent in that stage (track excludes decoding); encode f/s = the "
+          "output's frames re-encoded alone with the same settings (in the pipeline the encoder runs on a thread "
+          "beside the other stages, whose times include that contention); end to end = frames / "
           "wall time of animate() (setup, both passes, marks, mux, signing); setup = loading models and the source; "
           "peak RSS = ru_maxrss of the process that ran it; identity = median dlib distance, source vs output; "
           "mouth corr/gain = correlation and spread ratio of mouth opening, output vs driver.")

@@ -76,13 +76,15 @@ def _luma(frame: np.ndarray) -> np.ndarray:
 
 
 def _texture_mask(frame: np.ndarray, chip: float) -> np.ndarray:
-    """Mild perceptual weight: 0.6 on flat areas (where grain shows) up to 1.3 on texture."""
+    """Mild perceptual weight, unit RMS: flat areas (where grain shows) get about half of what texture gets."""
     h, w = frame.shape[:2]
     small = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (max(w // 4, 1), max(h // 4, 1)),
                        interpolation=cv2.INTER_AREA).astype(np.float32)
     detail = np.abs(small - cv2.GaussianBlur(small, (0, 0), max(chip / 4, 0.7)))
     detail = cv2.GaussianBlur(detail, (0, 0), 2.0)
     mask = 0.6 + 0.7 * np.clip(detail / 6.0, 0.0, 1.0)
+    # The field has unit RMS and does not depend on the picture, so the mask's RMS sets the change's RMS.
+    mask /= max(float(np.sqrt(np.mean(mask * mask))), 1e-6)
     return cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -107,8 +109,7 @@ class VideoMarker:
     def mark(self, frame: np.ndarray) -> np.ndarray:
         """The frame (H, W, 3) uint8 RGB with the watermark added to its luma."""
         h, w = frame.shape[:2]
-        delta = self.field(h, w) * _texture_mask(frame, min(h, w) / GRID)
-        delta *= self.amplitude / max(float(np.sqrt(np.dot(delta.ravel(), delta.ravel()) / delta.size)), 1e-6)
+        delta = cv2.multiply(self.field(h, w), _texture_mask(frame, min(h, w) / GRID), scale=self.amplitude)
         # The same change on R, G and B changes Y only; cv2.add rounds and saturates.
         return cv2.add(np.ascontiguousarray(frame), cv2.merge([delta, delta, delta]), dtype=cv2.CV_8U)
 

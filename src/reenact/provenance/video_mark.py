@@ -44,7 +44,7 @@ PILOT_SHARE = 0.2  # share of the pattern's energy in the pilot
 AMPLITUDE = 2.3  # RMS of the luma change, in grey levels (PSNR about 40.9 dB)
 RATIOS = np.round(np.arange(0.75, 1.0001, 0.025), 3)  # candidate visible share of width / height
 FINE = np.array([-0.01, -0.005, 0.0, 0.005, 0.01])  # refinement steps around the best ratio
-PILOT_MIN_Z = 5.5  # pilot match (in null standard deviations) needed to read a mark; content gives 2-4
+PILOT_MIN_Z = 5.0  # pilot match (in null standard deviations) needed to read a mark; content gives 2-4
 AGREEMENT_MIN = 0.78  # soft agreement with the re-encoded codeword needed to trust it
 
 

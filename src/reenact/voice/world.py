@@ -15,8 +15,9 @@ its spectral envelope, and resynthesises with WORLD. Spectral methods:
 - ``knn``: each driver frame is replaced by the mean of its k nearest target frames
   (same voicing) in a speaker-normalised space (mel-cepstra with per-speaker mean and
   variance normalisation), then smoothed over time: the DSP ancestor of kNN-VC.
-- ``warp-knn``: the ``warp`` result is the query for the kNN search, and the output
-  blends the neighbours' mean with it.
+- ``warp-knn`` (default, best by measurement, see docs/voice.md): the ``warp`` result
+  is the query for the kNN search; the output is the neighbours' mean (``blend`` < 1
+  mixes the warped frame back in).
 
 The model is one safetensors file; its metadata (key ``reenact``) is JSON: sample
 rate, method, statistics, training data summary.
@@ -52,8 +53,8 @@ class TrainConfig:
     method: str = "warp-knn"
     sample_rate: int = 24000
     dims: int = 40  # mel-cepstral coefficients kept
-    match_dims: int = 8  # coefficients 1..match_dims-1 are compared in the kNN search
-    k: int = 4  # neighbours averaged per frame
+    match_dims: int = 6  # coefficients 1..match_dims-1 are compared in the kNN search
+    k: int = 6  # neighbours averaged per frame
     smooth: int = 3  # frames of the moving average over the converted cepstra
     blend: float = 1.0  # warp-knn: weight of the neighbours' mean against the warped frame
     target_ap: bool = True  # kNN methods: take the aperiodicity of the chosen target frames
@@ -73,8 +74,8 @@ class VoiceModel:
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def pool(self, voiced: bool, match_dims: int):
-        """Search keys (target-normalised cepstra, torch) and values (cepstra + coded aperiodicity)."""
-        import torch
+        """Search tree over target-normalised cepstra 1..match_dims-1, and values (cepstra + coded aperiodicity)."""
+        from scipy.spatial import cKDTree
 
         key = (voiced, match_dims)
         if key not in self._cache:
@@ -83,11 +84,10 @@ class VoiceModel:
             if sel.sum() < 16:
                 sel[:] = True
             name = "voiced" if voiced else "unvoiced"
-            mc = t["pool_mc"][sel].astype(np.float32)
+            mc = t["pool_mc"][sel].astype(np.float64)
             mean, std = t[f"mc_mean_{name}"][1:match_dims], t[f"mc_std_{name}"][1:match_dims]
-            keys = torch.from_numpy((mc[:, 1:match_dims] - mean) / std)
-            values = torch.from_numpy(np.concatenate([mc, t["pool_ap"][sel].astype(np.float32)], axis=1))
-            self._cache[key] = (keys, (keys * keys).sum(1), values)
+            values = np.concatenate([mc, t["pool_ap"][sel].astype(np.float64)], axis=1)
+            self._cache[key] = (cKDTree((mc[:, 1:match_dims] - mean) / std), values)
         return self._cache[key]
 
     @property
@@ -283,19 +283,11 @@ def best_warp(sp: np.ndarray, voiced: np.ndarray, ltas: np.ndarray, fs: int) -> 
 
 
 def _knn_mean(query: np.ndarray, pool: tuple, k: int) -> np.ndarray:
-    """Mean of the values of the k nearest keys of each query row (squared Euclidean distance)."""
-    import torch
-
-    keys, norms, values = pool
-    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    k = min(k, len(keys))
-    out = torch.empty(len(q), values.shape[1])
-    with torch.no_grad():
-        for i in range(0, len(q), 256):
-            d = torch.addmm(norms[None, :], q[i : i + 256], keys.T, alpha=-2)
-            idx = d.topk(k, dim=1, largest=False, sorted=False).indices
-            out[i : i + 256] = values[idx].mean(1)
-    return out.numpy().astype(np.float64)
+    """Mean of the values of the k nearest keys (Euclidean, exact, k-d tree) of each query row."""
+    tree, values = pool
+    k = min(k, tree.n)
+    _, idx = tree.query(query, k=k)
+    return values[idx.reshape(len(query), k)].mean(axis=1)
 
 
 def _moving_average(x: np.ndarray, n: int) -> np.ndarray:

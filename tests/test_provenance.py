@@ -196,3 +196,22 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
     assert result.exit_code == 0 and json.loads(result.stdout)["manifest"]["state"] == "valid"
     result = runner.invoke(app, ["verify", str(tmp_path / "missing.mp4")])
     assert result.exit_code == 2
+
+
+def test_silent_audio_is_left_unmarked_and_still_muxes(tmp_path) -> None:
+    """An all-zero track (vox_driving3.mov has one) must not turn into NaN and break AAC encoding."""
+    import numpy as np
+
+    from reenact.media.audio import Audio, read_audio
+    from reenact.media.video import VideoWriter
+    from reenact.provenance import Payload, mark_audio
+
+    silent = Audio(np.zeros(44100 * 3, np.float32), 44100)
+    marked = mark_audio(silent, Payload.new())
+    assert np.isfinite(marked.samples).all() and not marked.samples.any()
+    out = tmp_path / "silent.mp4"
+    writer = VideoWriter(out, 25)
+    for _ in range(75):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.close(audio=marked)
+    assert abs(read_audio(out).duration - 3.0) < 0.1

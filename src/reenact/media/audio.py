@@ -181,7 +181,7 @@ def _encode_aac(stream, blocks: Iterator[np.ndarray], rate: int, layout: str) ->
     pending = np.zeros((channels, 0), np.float32)
     pts = 0
     for block in blocks:
-        block = np.clip(block[:channels], -1.0, 1.0).astype(np.float32)
+        block = np.clip(np.nan_to_num(block[:channels]), -1.0, 1.0).astype(np.float32)
         if block.shape[0] < channels:
             block = np.repeat(block, channels, axis=0)
         pending = np.concatenate([pending, block], axis=1)

@@ -141,6 +141,9 @@ def mark_audio(audio: Audio, payload: Payload, snr_db: float = SNR_DB) -> Audio:
     if len(spec) < BLOCK:
         log.warning("audio too short to watermark (%.2f s)", audio.duration)
         return audio
+    if not np.any(np.abs(mono16) > 1e-7):  # digital silence: no sound to hide a mark in
+        log.info("audio is silent: no audio watermark (the video watermark and manifest remain)")
+        return audio
     signs, index = _layout()
     host, _ = _statistics(mono16)
     bit = encode(payload).astype(np.float64)

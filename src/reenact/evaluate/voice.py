@@ -65,6 +65,35 @@ def speaker_embedding(paths: list[Path]) -> np.ndarray:
     return e / np.linalg.norm(e)
 
 
+def cached_speaker_embedding(paths: list[Path]) -> np.ndarray:
+    """`speaker_embedding`, cached in the user cache folder by the clips' paths, sizes and times.
+
+    A subject's speaker embedding takes about a second per clip on 2 cores; `reenact make`
+    measures every output against it, so it is computed once per dataset.
+    """
+    import hashlib
+
+    from reenact.models import cache_dir
+
+    key = hashlib.sha256("\n".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                    for p in paths).encode()).hexdigest()[:32]
+    path = cache_dir() / "speaker-embeddings" / f"{key}.npy"
+    if path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            pass
+    e = speaker_embedding(paths)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial.npy")
+        np.save(tmp, e)
+        tmp.replace(path)
+    except OSError as exc:  # a read-only cache only costs time
+        log.debug("speaker embedding not cached: %s", exc)
+    return e
+
+
 def speaker_paths(path: str | Path, limit: int = MAX_TARGET_CLIPS) -> list[Path]:
     """A file, or up to `limit` clips spread over a dataset or folder of references."""
     from reenact.voice.world import dataset_clips
@@ -177,7 +206,7 @@ def evaluate_voice(converted: str | Path, target: str | Path, original: str | Pa
     """Measure converted speech against the target speaker and the original it was converted from."""
     conv, orig = load16(converted), load16(original)
     e_conv = embed(conv)
-    e_target = speaker_embedding(speaker_paths(target))
+    e_target = cached_speaker_embedding(speaker_paths(target))
     e_orig = speaker_embedding(speaker_paths(original))
     out: dict = {
         "converted": str(converted), "target": str(target), "original": str(original),

@@ -74,6 +74,21 @@ def write_video(path: Path, n: int = 25, width: int = 64, height: int = 48, fps:
     return path
 
 
+class StillBackend:
+    """Returns the source crop unchanged: a pipeline run without a motion model."""
+
+    name = "still"
+    size = 256
+    needs_driver_images = False
+
+    def prepare(self, source, reference) -> None:
+        self.image = source.image
+        self.reference = reference
+
+    def animate(self, frames):
+        return np.stack([self.image] * len(frames))
+
+
 @pytest.fixture
 def example_portrait() -> Path:
     return EXAMPLES / "portrait.png"

@@ -9,24 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from conftest import shared
+from conftest import StillBackend, shared
 from reenact.media.video import iter_frames, probe
 from reenact.pipeline import AnimateConfig, animate
-
-
-class StillBackend:
-    """Returns the source crop unchanged: isolates the pipeline from any motion model."""
-
-    name = "still"
-    size = 256
-    needs_driver_images = False
-
-    def prepare(self, source, reference) -> None:
-        self.image = source.image
-        self.reference = reference
-
-    def animate(self, frames):
-        return np.stack([self.image] * len(frames))
 
 
 def _streams(path: Path) -> tuple[int, float, float | None]:

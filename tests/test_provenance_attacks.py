@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import EXAMPLES, SHARED, needs_ffmpeg, shared
+from conftest import EXAMPLES, SHARED, StillBackend, needs_ffmpeg, shared
 from reenact.media.audio import Audio, read_audio
 from reenact.provenance import audio_mark, video_mark
 from reenact.provenance.manifest import read_manifest
@@ -153,20 +153,6 @@ def test_no_false_positive_on_shared_drivers(driver: Path | None) -> None:
     report = verify(driver)
     assert not report["marked"], report
     assert not report["video_watermark"]["found"] and not report["audio_watermark"]["found"]
-
-
-class StillBackend:
-    """Returns the source crop unchanged: a pipeline run without a motion model."""
-
-    name = "still"
-    size = 256
-    needs_driver_images = False
-
-    def prepare(self, source, reference) -> None:
-        self.image = source.image
-
-    def animate(self, frames):
-        return np.stack([self.image] * len(frames))
 
 
 def test_no_false_positive_on_unmarked_pipeline_output(tmp_path: Path, monkeypatch) -> None:

@@ -51,7 +51,7 @@ def main() -> int:
             for name in args.portraits:
                 out = Path(tmp) / f"{driver.stem}_{Path(name).stem}.mp4"
                 t = time.perf_counter()
-                result = animate(ASSETS / "portraits" / name, driver, out,
+                animate(ASSETS / "portraits" / name, driver, out,
                                  AnimateConfig(backend=args.backend, size=args.size))
                 seconds = time.perf_counter() - t
                 n_out, fps_out, a_out, _ = streams(out)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from reenact.face import pose
 from reenact.face.align import Crop, CropConfig, PasteBack, crop_mask, face_box, face_mask

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
 

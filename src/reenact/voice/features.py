@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyworld
-from scipy.fft import dct, idct
+from scipy.fft import dct
 
 from reenact.errors import ReenactError
 from reenact.media.audio import Audio, read_audio

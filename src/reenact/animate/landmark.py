@@ -66,6 +66,9 @@ class LandmarkConfig:
     grid: int = 48  # the spline is evaluated on grid x grid points, then upsampled
     expression: float = 1.0  # gain on local motion (mouth, brows, jaw)
     head: float = 1.0  # gain on head motion (0 keeps the head still)
+    max_head_shift: float = 0.1  # head translation softly limited to this fraction of the crop
+    max_head_scale: float = 1.25  # ... scale change to this factor either way
+    max_head_roll: float = 30.0  # ... and rotation to this many degrees
     fade: float = 0.1  # border band, as a fraction of the crop, where the warp fades to identity
     smoothing: float = 1e-5  # thin-plate-spline regularisation (in crop-normalised units)
     mouth_fill: bool = True  # fill an opening mouth instead of stretching the lips
@@ -293,10 +296,27 @@ class LandmarkBackend:
         if cfg.head != 1.0:
             a = complex(np.exp(cfg.head * np.log(a))) if a != 0 else 1.0
             b = b * cfg.head
+        a = self._limit_rotation_scale(a)
         shift = self._alpha * b + self._beta - a * self._beta
+        # A 2-D warp cannot carry a head far across the crop (it folds against the fixed border):
+        # past `max_head_shift` the face centre's move is compressed smoothly (tanh) towards that limit.
+        centre = self._src[STABLE].mean()
+        moved = a * centre + shift - centre
+        limit = cfg.max_head_shift * self.size
+        if abs(moved) > 1e-9 and limit > 0:
+            shift += moved * (limit * np.tanh(abs(moved) / limit) / abs(moved) - 1.0)
         extra = self._extra + (local - self._src)[self._follow] * self._follow_weight
         extra += (a * extra + shift - extra) * self._head_weight
         return _xy(a * local + shift), _xy(extra), a
+
+    def _limit_rotation_scale(self, a: complex) -> complex:
+        """Soft limits on the head's scale change and roll (tanh), as for its translation."""
+        cfg = self.config
+        log_scale, roll = np.log(abs(a)), np.angle(a)
+        s_lim, r_lim = np.log(cfg.max_head_scale), np.deg2rad(cfg.max_head_roll)
+        log_scale = s_lim * np.tanh(log_scale / s_lim) if s_lim > 0 else 0.0
+        roll = r_lim * np.tanh(roll / r_lim) if r_lim > 0 else 0.0
+        return complex(np.exp(log_scale + 1j * roll))
 
     # -------------------------------------------------------------- warp
 

@@ -144,3 +144,9 @@ def test_box_smoothing_is_steady() -> None:
     boxes = np.tile([100.0, 100.0, 200.0], (50, 1)) + np.random.default_rng(2).normal(0, 3, (50, 3))
     smooth = smooth_boxes(boxes, 25, 1.0)
     assert np.abs(np.diff(smooth, axis=0)).max() < 0.5
+
+
+def test_closest_pose_avoids_frames_far_from_the_usual_head_position() -> None:
+    frames = np.stack([FACE + 0.2 * k for k in range(9)] + [FACE + 60])  # last: same pose, far off
+    frames[-1, [65, 66, 67], 1] -= 0.01  # and a hair closer to the source's mouth state
+    assert pose.closest_pose(frames, FACE) != 9

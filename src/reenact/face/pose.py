@@ -80,8 +80,16 @@ def closest_pose(driver: np.ndarray, source: np.ndarray) -> int:
     """Index of the driver frame whose pose (and mouth/eye state) is closest to the source's.
 
     Head pose dominates; a closed mouth and open eyes like the source's break ties,
-    so relative motion starts from a matching expression.
+    so relative motion starts from a matching expression. Frames where the head is far
+    from where it usually is in the clip, or nearer or further than usual, cost extra:
+    relative motion measured from them would push every other frame's head far off.
     """
     weights = np.array([4.0, 4.0, 2.0, 1.0, 1.0])
     d = pose_vector(driver) - pose_vector(source)[None]
-    return int(np.argmin(((d * weights) ** 2).sum(axis=-1)))
+    cost = ((d * weights) ** 2).sum(axis=-1)
+    scale = face_scale(driver)
+    typical = np.median(scale)
+    centre = driver.mean(axis=-2)
+    offset = np.linalg.norm(centre - np.median(centre, axis=0), axis=-1) / max(float(typical), 1e-6)
+    cost += offset**2 + (4.0 * np.log(np.maximum(scale, 1e-6) / max(float(typical), 1e-6))) ** 2
+    return int(np.argmin(cost))

@@ -33,7 +33,7 @@ from reenact.face import pose
 from reenact.face.align import Crop, CropConfig, PasteBack, face_box
 from reenact.face.detect import FaceDetector, Track, TrackConfig, choose_face, smooth_boxes, track
 from reenact.media.audio import Audio, read_audio
-from reenact.media.video import VideoInfo, VideoWriter, check_output_path, iter_frames, probe, temporary_path
+from reenact.media.video import VideoWriter, check_output_path, iter_frames, probe, temporary_path
 from reenact.provenance import Claims, Payload, VideoMarker, draw_label, mark_audio, sign_mp4
 
 log = logging.getLogger(__name__)
@@ -279,9 +279,6 @@ def animate(
                          timings=dict(clock.seconds), output_id=output_id, payload=payload.hex())
 
 
-def describe(info: VideoInfo) -> str:
-    return f"{info.width}x{info.height}, {float(info.fps):.3g} fps, {info.frame_count} frames"
-
 
 # ------------------------------------------------------------------ the whole job
 
@@ -330,8 +327,8 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     timings["voice"] = time.perf_counter() - t
 
     animate_config = replace(config.animate, consent_sha256=subject.consent.record_sha256())
-    result = animate(subject.portrait_path, driver_path, output, animate_config, audio=converted,
-                     progress=progress)
+    result = animate(subject.portrait_path, driver_path, output, animate_config,
+                     audio=converted if converted is not None else original, progress=progress)
     timings.update({f"animate.{k}": v for k, v in result.timings.items()})
 
     measures: dict = {}

@@ -174,11 +174,6 @@ def iter_frames(path: str | Path, fps: Fraction | None = None) -> Iterator[np.nd
             log.warning("%s: decoding stopped early after %d frames (%s)", path, next_index, _short(exc))
 
 
-def count_frames(path: str | Path) -> int:
-    """Number of frames `iter_frames` yields (decodes the whole file)."""
-    return sum(1 for _ in iter_frames(path))
-
-
 def temporary_path(path: Path) -> Path:
     """A sibling path for writing `path` atomically (same folder, so rename is atomic)."""
     return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 LIA_LICENSE = "CC BY-NC 4.0 (non-commercial use only; credit Wang et al., LIA, ICLR 2022)"
 LIA_FOLDER = "https://drive.google.com/drive/folders/1N4QcnqUQwKUZivFV-YeBuPyH4pGJHooc"
+HF = "https://huggingface.co"
+SOVITS_BASE_LICENSE = "not stated by the uploader (so-vits-svc community base model); check the model page"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,26 @@ MODELS: dict[str, ModelInfo] = {
                   LIA_FOLDER + " (file taichi.pt)", LIA_LICENSE),
         ModelInfo("lia-ted", "LIA generator trained on TED-talks (upper body), 256 px", None,
                   LIA_FOLDER + " (file ted.pt)", LIA_LICENSE),
+        ModelInfo("contentvec", "ContentVec (HuBERT-base, 94 M params, 378 MB) content features for so-vits-svc",
+                  f"{HF}/lengyue233/content-vec-best/resolve/main/pytorch_model.bin",
+                  "https://huggingface.co/lengyue233/content-vec-best (file pytorch_model.bin)",
+                  "MIT (ContentVec, Qian et al. 2022; port by lengyue233)", suffix="/pytorch_model.bin"),
+        ModelInfo("sovits-768-g0", "so-vits-svc 4.0v1 (768-dim) base generator for fine-tuning, about 183 MB",
+                  f"{HF}/datasets/ms903/sovits4.0-768vec-layer12/resolve/main/sovits_768l12_pre_large_320k/"
+                  "clean_G_320000.pth", "https://huggingface.co/datasets/ms903/sovits4.0-768vec-layer12",
+                  SOVITS_BASE_LICENSE, suffix=".pth"),
+        ModelInfo("sovits-768-d0", "so-vits-svc 4.0v1 (768-dim) base discriminator for fine-tuning, about 187 MB",
+                  f"{HF}/datasets/ms903/sovits4.0-768vec-layer12/resolve/main/sovits_768l12_pre_large_320k/"
+                  "clean_D_320000.pth", "https://huggingface.co/datasets/ms903/sovits4.0-768vec-layer12",
+                  SOVITS_BASE_LICENSE, suffix=".pth"),
+        ModelInfo("sovits-legacy-g0", "so-vits-svc 4.0 legacy (256-dim) base generator, 181 MB",
+                  f"{HF}/therealvul/so-vits-svc-4.0-init/resolve/main/G_0.pth",
+                  "https://huggingface.co/therealvul/so-vits-svc-4.0-init (file G_0.pth)", SOVITS_BASE_LICENSE,
+                  suffix=".pth"),
+        ModelInfo("sovits-legacy-d0", "so-vits-svc 4.0 legacy (256-dim) base discriminator, 187 MB",
+                  f"{HF}/therealvul/so-vits-svc-4.0-init/resolve/main/D_0.pth",
+                  "https://huggingface.co/therealvul/so-vits-svc-4.0-init (file D_0.pth)", SOVITS_BASE_LICENSE,
+                  suffix=".pth"),
     ]
 }
 ALIASES = {"vox": "lia-vox", "taichi": "lia-taichi", "ted": "lia-ted"}

@@ -1,5 +1,5 @@
-"""Voice: prepare a speaker's dataset, train an offline voice model, convert speech to it."""
+"""Voice: prepare a speaker's dataset, train a voice model, convert speech to it.
 
-from reenact.voice.world import TrainConfig, VoiceModel, convert_audio, convert_voice, train_voice
-
-__all__ = ["TrainConfig", "VoiceModel", "convert_audio", "convert_voice", "train_voice"]
+Modules: dataset (prepare), world (offline WORLD backend), content + sovits + sovits_train + sovits_infer
+(so-vits-svc 4.x backend), convert (either backend by model path), features (WORLD analysis helpers).
+"""

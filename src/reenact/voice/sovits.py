@@ -633,6 +633,30 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def config_template(legacy: bool = False) -> dict[str, Any]:
+    """The fork's config.json templates: so-vits-svc-4.0v1 (768-dim ContentVec last layer) or, with
+    legacy, so-vits-svc-4.0v1-legacy (256-dim final_proj of layer 9). "spk" is left empty."""
+    train = {"log_interval": 200 if legacy else 100, "eval_interval": 800 if legacy else 200, "seed": 1234,
+             "epochs": 10000, "learning_rate": 0.0001, "betas": [0.8, 0.99], "eps": 1e-9, "batch_size": 16,
+             "fp16_run": False, "bf16_run": False, "lr_decay": 0.999875, "segment_size": 10240, "init_lr_ratio": 1,
+             "warmup_epochs": 0, "c_mel": 45, "c_kl": 1.0, "use_sr": True, "max_speclen": 512, "port": "8001",
+             "keep_ckpts": 3, "num_workers": 4, "log_version": 0, "ckpt_name_by_step": False,
+             "accumulate_grad_batches": 1}
+    data = {"training_files": "filelists/44k/train.txt", "validation_files": "filelists/44k/val.txt",
+            "max_wav_value": 32768.0, "sampling_rate": 44100, "filter_length": 2048, "hop_length": 512,
+            "win_length": 2048, "n_mel_channels": 80, "mel_fmin": 0.0, "mel_fmax": 22050}
+    if not legacy:
+        data["contentvec_final_proj"] = False
+    model = {"inter_channels": 192, "hidden_channels": 192, "filter_channels": 768, "n_heads": 2, "n_layers": 6,
+             "kernel_size": 3, "p_dropout": 0.1, "resblock": "1", "resblock_kernel_sizes": [3, 7, 11],
+             "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "upsample_rates": [8, 8, 2, 2, 2],
+             "upsample_initial_channel": 512, "upsample_kernel_sizes": [16, 16, 4, 4, 4], "n_layers_q": 3,
+             "use_spectral_norm": False, "gin_channels": 256, "ssl_dim": 256 if legacy else 768, "n_speakers": 200}
+    if not legacy:
+        model["type_"] = "hifi-gan"
+    return {"train": train, "data": data, "model": model, "spk": {}}
+
+
 def build_generator(config: dict[str, Any]) -> SynthesizerTrn:
     """SynthesizerTrn as the fork builds it from a config dict."""
     data, train = config["data"], config["train"]
@@ -708,24 +732,31 @@ def deterministic_state_dict(model: nn.Module, seed: int = 0) -> dict[str, Tenso
     """Weights from a formula keyed by tensor name, independent of construction order and of torch's RNG.
 
     For each tensor `name` of shape S in the state dict, r = numpy.random.default_rng(
-    [seed, zlib.crc32(name)]).standard_normal(S) in float64, and the value is
+    [seed, zlib.crc32(name)]).standard_normal(S, dtype=float32), and the value is
       *.bias, *.beta                        0.1 r
       *.gamma                               1 + 0.1 r
       emb_g / emb_uv / f0_emb .weight       0.3 r            (embeddings)
       *.emb_rel_k, *.emb_rel_v              r / sqrt(S[-1])
       *.weight_g                            the L2 norm of the matching weight_v over all dims but 0
                                             (so the effective weight equals weight_v)
+      f0_decoder.proj.weight                0.1 r / sqrt(prod(S[1:]))
+      f0_decoder.proj.bias                  0.55 + 0.01 r    (predicted F0 near 200 Hz)
       any other tensor (conv/linear weight, weight_v)  r / sqrt(prod(S[1:]))  (unit gain per fan-in)
-    cast to the model's dtype. Activations stay O(1), so fp32 and fp64 runs agree closely.
+    computed in float32 and cast to the model's dtype. Activations stay O(1), so float32 and float64
+    runs agree closely (max |diff| of the parity audio ~1e-4).
     """
     own = model.state_dict()
     out: dict[str, Tensor] = {}
     for name, t in own.items():
         if name.endswith(".weight_g"):
             continue
-        r = np.random.default_rng([seed, zlib.crc32(name.encode())]).standard_normal(tuple(t.shape))
+        r = np.random.default_rng([seed, zlib.crc32(name.encode())]).standard_normal(tuple(t.shape), np.float32)
         leaf = name.rsplit(".", 1)[-1]
-        if leaf in ("bias", "beta"):
+        if name == "f0_decoder.proj.weight":
+            v = 0.1 * r / math.sqrt(int(np.prod(t.shape[1:])))
+        elif name == "f0_decoder.proj.bias":
+            v = 0.55 + 0.01 * r
+        elif leaf in ("bias", "beta"):
             v = 0.1 * r
         elif leaf == "gamma":
             v = 1 + 0.1 * r

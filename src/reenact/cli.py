@@ -249,6 +249,10 @@ def subject_create(
                                                         "recording). Its sha256 goes into every output's manifest."),
     signer: Optional[str] = typer.Option(None, help="Who signed the consent (default: the subject's name)."),
     scope: Optional[str] = typer.Option(None, help="What the consent covers (default: research use, disclosed)."),
+    voice_model: Optional[Path] = typer.Option(None, "--voice-model", help="Use this trained voice model instead of "
+                                               "training the offline one: a .safetensors file, or a so-vits-svc "
+                                               "folder (config.json + G_*.pth) from `reenact voice train --backend "
+                                               "sovits` or so-vits-svc-fork. It is copied into the subject."),
     subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
@@ -259,7 +263,8 @@ def subject_create(
 
     _setup_logging(verbose)
     subject = create_subject(name, portrait, consent, speech, signer=signer, scope=scope or DEFAULT_SCOPE,
-                             root=subjects_dir, step=lambda message: err.print(f"  {message}", highlight=False))
+                             root=subjects_dir, step=lambda message: err.print(f"  {message}", highlight=False),
+                             voice_model=voice_model)
     err.print(f"created subject {subject.name} in {subject.folder}", highlight=False)
 
 
@@ -363,15 +368,46 @@ def voice_prepare(
 @command
 def voice_train(
     dataset: Path = typer.Argument(..., help="Dataset folder from `reenact voice prepare` (or any folder of clips)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.safetensors)."),
-    method: str = typer.Option("warp-knn", help="Spectral conversion: warp, knn or warp-knn (see docs/voice.md)."),
-    workers: int = typer.Option(2, help="Processes analysing the clips."),
+    output: Path = typer.Option(..., "--output", "-o", help="world: the model file to write (.safetensors); "
+                                "sovits: the model folder (config.json, G_*.pth, D_*.pth; re-running resumes)."),
+    backend: str = typer.Option("world", help="world (offline, about a minute on a CPU) or sovits (so-vits-svc 4.x, "
+                                "neural: a GPU is advised; fine-tunes from --base-g/--base-d)."),
+    method: str = typer.Option("warp-knn", help="world: spectral conversion: warp, knn or warp-knn (docs/voice.md)."),
+    workers: int = typer.Option(2, help="world: processes analysing the clips."),
+    steps: int = typer.Option(10000, help="sovits: train until this step (a resumed run continues to it)."),
+    base_g: Optional[str] = typer.Option(None, "--base-g", help="sovits: base generator G_0.pth to fine-tune from "
+                                         "(file, or registry name e.g. sovits-768-g0); default: from scratch."),
+    base_d: Optional[str] = typer.Option(None, "--base-d", help="sovits: base discriminator D_0.pth (file or name)."),
+    template: str = typer.Option("so-vits-svc-4.0v1", help="sovits: so-vits-svc-4.0v1 (768-dim ContentVec) or legacy "
+                                 "(256-dim)."),
+    batch_size: Optional[int] = typer.Option(None, help="sovits: clips per step (default 16)."),
+    checkpoint_interval: int = typer.Option(1000, help="sovits: steps between checkpoints."),
+    keep: int = typer.Option(3, help="sovits: checkpoint pairs kept (0: all)."),
+    content: str = typer.Option("contentvec", help="sovits: ContentVec folder, pytorch_model.bin or 'contentvec'."),
+    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest or parselmouth."),
+    device: str = typer.Option("auto", help="sovits: auto, cpu, cuda or cuda:N."),
+    seed: int = typer.Option(1234, help="sovits: random seed."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
-    """Train the offline WORLD voice model (about a minute on 20 min of speech, no downloaded weights)."""
+    """Train a voice model: the offline WORLD model (default) or a so-vits-svc 4.x model.
+
+    sovits on several GPUs: torchrun --nproc_per_node N $(which reenact) voice train ... --backend sovits"""
+    _setup_logging(verbose or backend == "sovits")
+    if backend == "sovits":
+        from reenact.models import resolve_checkpoint
+        from reenact.voice.sovits_train import TrainConfig as SovitsConfig
+        from reenact.voice.sovits_train import train_sovits
+
+        base = [resolve_checkpoint(b) if b else None for b in (base_g, base_d)]
+        config = SovitsConfig(steps=steps, base_g=base[0], base_d=base[1], template=template, batch_size=batch_size,
+                              checkpoint_interval=checkpoint_interval, keep_ckpts=keep, content=content,
+                              f0_method=f0_method, device=device, seed=seed)
+        sys.stdout.write(f"{train_sovits(dataset, output, config)}\n")
+        return
+    if backend != "world":
+        raise ReenactError(f"unknown voice backend {backend!r}; choose world or sovits")
     from reenact.voice.world import TrainConfig, VoiceModel, train_voice
 
-    _setup_logging(verbose)
     path = train_voice(dataset, output, TrainConfig(method=method, workers=workers))
     t = VoiceModel.load(path).meta["training"]
     sys.stdout.write(f"{path}: {t['speech_minutes']:.1f} min of speech in {t['clips']} clips, "
@@ -381,14 +417,25 @@ def voice_train(
 @voice_app.command("convert")
 @command
 def voice_convert(
-    input: Path = typer.Argument(..., help="Speech to convert: any audio or video file."),
-    model: Path = typer.Option(..., "--model", "-m", help="Voice model from `reenact voice train`."),
+    input: Path = typer.Argument(..., help="Speech to convert: any audio or video file, any sample rate."),
+    model: Path = typer.Option(..., "--model", "-m", help="Voice model: a .safetensors file (world backend) or a "
+                               "so-vits-svc model folder with config.json + G_*.pth, or a G_*.pth (sovits)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .wav or .flac."),
     transpose: str = typer.Option("auto", help="'auto' (map F0 to the target's range) or semitones, e.g. 12 or -3.5."),
+    backend: str = typer.Option("auto", help="auto (by the model path), world or sovits."),
+    speaker: Optional[str] = typer.Option(None, help="sovits: speaker name or id in the model (default: the first)."),
+    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest or parselmouth."),
+    predict_f0: Optional[bool] = typer.Option(None, "--predict-f0/--no-predict-f0", help="sovits: use the model's F0 "
+                                              "decoder (default: only for 'auto' on a model without F0 statistics)."),
+    noise_scale: float = typer.Option(0.4, help="sovits: scale of the prior's noise."),
+    content: Optional[str] = typer.Option(None, help="sovits: ContentVec folder, pytorch_model.bin or 'contentvec' "
+                                          "(default: the one the model was trained with, else 'contentvec')."),
+    device: Optional[str] = typer.Option(None, help="sovits: cpu or cuda (default: cuda when available)."),
+    seed: int = typer.Option(0, help="sovits: seed of the noise; the same seed gives the same output."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Convert the speech of INPUT to the model's voice (same timing; F0 follows the original)."""
-    from reenact.voice.world import convert_voice
+    from reenact.voice.convert import convert_voice
 
     _setup_logging(verbose)
     if transpose != "auto":
@@ -396,7 +443,12 @@ def voice_convert(
             transpose = float(transpose)
         except ValueError:
             raise ReenactError(f"--transpose must be 'auto' or a number of semitones, not {transpose!r}") from None
-    sys.stdout.write(f"{convert_voice(input, model, output, transpose)}\n")
+    options = {"speaker": speaker, "f0_method": f0_method, "predict_f0": predict_f0, "noise_scale": noise_scale,
+               "content": content, "device": device, "seed": seed}
+    with progress_display() as progress:
+        out = convert_voice(input, model, output, transpose, backend, options,
+                            lambda done, total: progress("chunks", done, total))
+    sys.stdout.write(f"{out}\n")
 
 
 @evaluate_app.command("voice")

@@ -282,12 +282,24 @@ def animate(
 
 # ------------------------------------------------------------------ the whole job
 
+def _model_sha256(model: Path) -> str:
+    """sha256 of a voice model file; for a so-vits-svc folder, of its config.json and the generator used."""
+    from reenact.subject import sha256_file
+
+    if model.is_dir():
+        from reenact.voice.sovits_infer import find_generator
+
+        return "+".join(sha256_file(p) for p in reversed(find_generator(model)))
+    return sha256_file(model)
+
+
 @dataclass
 class MakeConfig:
     """Settings of `reenact make`."""
 
     animate: AnimateConfig = field(default_factory=AnimateConfig)
     transpose: str = "auto"  # voice conversion: "auto" or semitones
+    voice_options: dict = field(default_factory=dict)  # sovits backend: speaker, f0_method, device, seed, ...
     measure: bool = True  # face and voice measures in the report
 
 
@@ -316,11 +328,13 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     original = read_audio(driver_path) if info.has_audio else None
     converted = None
     model = subject.voice_model_path
+    voice_backend = None
     if original is not None and model is not None and model.exists():
-        from reenact.voice.world import convert_audio
+        from reenact.voice.convert import convert_audio, detect_backend
 
+        voice_backend = detect_backend(model)
         report_fn("voice", 0, 1)
-        converted = convert_audio(original, model, config.transpose)
+        converted = convert_audio(original, model, config.transpose, options=config.voice_options)
         report_fn("voice", 1, 1)
     elif original is not None:
         log.warning("subject %s has no voice model: the driver's own voice is kept", subject.name)
@@ -356,8 +370,8 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
                     "consent_document_sha256": subject.consent.sha256, "signer": subject.consent.signer},
         "inputs": {"driver": str(driver_path), "driver_sha256": sha256_file(driver_path),
                    "portrait_sha256": sha256_file(subject.portrait_path),
-                   "voice_model_sha256": sha256_file(model) if model is not None and model.exists() else None},
-        "backends": {"motion": config.animate.backend, "voice": "world" if converted is not None else None},
+                   "voice_model_sha256": _model_sha256(model) if model is not None and model.exists() else None},
+        "backends": {"motion": config.animate.backend, "voice": voice_backend if converted is not None else None},
         "settings": {"size": config.animate.size, "reference": config.animate.reference,
                      "reference_index": result.reference_index, "crf": config.animate.crf,
                      "visible_label": config.animate.visible_label, "transpose": config.transpose},

@@ -151,8 +151,12 @@ def create_subject(
     root: Path | None = None,
     train_config=None,
     step: StepFn | None = None,
+    voice_model: Path | None = None,
 ) -> Subject:
-    """Make a subject folder (resumable; nothing appears under NAME until it is complete)."""
+    """Make a subject folder (resumable; nothing appears under NAME until it is complete).
+
+    `voice_model`: an already trained voice model (a world .safetensors file, or a so-vits-svc folder with
+    config.json + G_*.pth) to use instead of training one; it is copied into the subject."""
     from reenact.face.detect import FaceDetector, choose_face
     from reenact.pipeline import load_image
 
@@ -189,8 +193,9 @@ def create_subject(
     record = Consent(document=kept_consent.name, sha256=sha256_file(kept_consent),
                      signer=signer or name, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), scope=scope)
 
-    # 3-4. Voice: prepare the speech, train the model.
-    voice_model = voice_dataset = None
+    # 3-4. Voice: prepare the speech, train the model (or take the one given).
+    given_model, voice_model = voice_model, None
+    voice_dataset = None
     summary: dict = {}
     if speech:
         from reenact.voice.dataset import prepare_dataset
@@ -199,13 +204,16 @@ def create_subject(
         dataset = partial / "voice" / "dataset"
         model = partial / "voice" / "model.safetensors"
         dataset.mkdir(parents=True, exist_ok=True)
-        if not model.exists():
+        if not (partial / "voice" / "dataset" / "manifest.json").exists() or not model.exists():
             say("voice prepare")
             prepared = prepare_dataset([Path(p) for p in speech], dataset)
             summary["prepare"] = asdict(prepared) if hasattr(prepared, "__dataclass_fields__") else str(prepared)
+        if given_model is None and not model.exists():
             say("voice train")
             train_voice(dataset, model, train_config)
         voice_model, voice_dataset = "voice/model.safetensors", "voice/dataset"
+    if given_model is not None:
+        voice_model = _copy_voice_model(Path(given_model), partial / "voice")
 
     subject = Subject(name=name, folder=folder, portrait=kept_portrait.name, consent=record,
                       voice_model=voice_model, voice_dataset=voice_dataset,
@@ -216,6 +224,25 @@ def create_subject(
     os.replace(partial, folder)
     say("done")
     return subject
+
+
+def _copy_voice_model(src: Path, voice_dir: Path) -> str:
+    """Copy a trained voice model into the subject; return its path relative to the subject folder."""
+    from reenact.voice.convert import detect_backend
+
+    if not src.exists():
+        raise ReenactError("voice model not found", src)
+    voice_dir.mkdir(parents=True, exist_ok=True)
+    if detect_backend(src) == "world":
+        _copy_atomic(src, voice_dir / "model.safetensors")
+        return "voice/model.safetensors"
+    from reenact.voice.sovits_infer import find_generator
+
+    generator, config = find_generator(src)
+    (voice_dir / "sovits").mkdir(exist_ok=True)
+    _copy_atomic(config, voice_dir / "sovits" / "config.json")
+    _copy_atomic(generator, voice_dir / "sovits" / generator.name)
+    return "voice/sovits"
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

@@ -224,13 +224,14 @@ def evaluate_voice(converted: str | Path, target: str | Path, original: str | Pa
         out["wer"] = word_error_rate(text, out["hyp_converted"])
         out["wer_original"] = word_error_rate(text, out["hyp_original"])
     if model is not None:
-        from reenact.voice.world import VoiceModel, convert_array
+        from reenact.media.audio import read_audio
+        from reenact.voice.convert import convert_array, load_voice
 
-        m = VoiceModel.load(model)
-        x = F.load_mono(original, m.sample_rate)
+        voice = load_voice(model)
+        audio = read_audio(original, mono=True)
         start = time.perf_counter()
-        convert_array(x, m)
-        out["rtf"] = (time.perf_counter() - start) / (len(x) / m.sample_rate)
+        convert_array(audio.mono(), audio.sample_rate, voice)
+        out["rtf"] = (time.perf_counter() - start) / audio.duration
     return out
 
 

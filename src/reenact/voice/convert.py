@@ -1,0 +1,109 @@
+"""Voice conversion with either backend, chosen by the model path.
+
+- ``world``: one ``.safetensors`` file from `reenact voice train` (the offline backend, voice/world.py);
+- ``sovits``: a so-vits-svc 4.x model folder (config.json + G_*.pth) or its G_*.pth file (voice/sovits_infer.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from reenact.errors import ReenactError
+from reenact.media.audio import Audio
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "world", "sovits")
+
+
+def detect_backend(model: str | Path) -> str:
+    path = Path(model).expanduser()
+    if path.is_dir() or path.suffix == ".pth":
+        return "sovits"
+    if path.suffix == ".safetensors":
+        return "world"
+    raise ReenactError("not a voice model: give a .safetensors file (world backend) or a so-vits-svc model "
+                       "folder / G_*.pth (sovits backend)", path)
+
+
+def load_voice(model: Any, backend: str = "auto", options: dict | None = None) -> Any:
+    """A loaded model: world.VoiceModel or sovits_infer.SovitsVoice (objects already loaded pass through)."""
+    from reenact.voice.sovits_infer import SovitsVoice
+    from reenact.voice.world import VoiceModel
+
+    if isinstance(model, (VoiceModel, SovitsVoice)):
+        return model
+    if backend not in BACKENDS:
+        raise ReenactError(f"unknown voice backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    backend = detect_backend(model) if backend == "auto" else backend
+    if not Path(model).expanduser().exists():
+        raise ReenactError("voice model not found", Path(model))
+    if backend == "world":
+        return VoiceModel.load(model)
+    opts = options or {}
+    return SovitsVoice.load(model, content=opts.get("content"), device=opts.get("device"))
+
+
+def convert_array(x: np.ndarray, sr: int, voice: Any, transpose: str | float = "auto", options: dict | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+    """Mono audio at `sr` -> (converted audio, its sample rate)."""
+    from reenact.voice import features as F
+    from reenact.voice import sovits_infer, world
+
+    F.check_signal(np.asarray(x, dtype=np.float64), sr, None)
+    if isinstance(voice, world.VoiceModel):
+        y = world.convert_array(F.resample(np.asarray(x, np.float64), sr, voice.sample_rate), voice, transpose)
+        return y.astype(np.float32), voice.sample_rate
+    opts = {k: v for k, v in (options or {}).items() if k not in ("content", "device")}
+    cfg = sovits_infer.ConvertConfig(transpose=transpose, **opts)
+    return sovits_infer.convert_array(x, sr, voice, cfg, progress), voice.sample_rate
+
+
+def convert_audio(audio: Audio, model: Any, transpose: str | float = "auto", backend: str = "auto",
+                  options: dict | None = None) -> Audio:
+    """Convert speech held in memory (e.g. a driver video's audio track) to the model's voice."""
+    if audio.samples.size == 0:
+        raise ReenactError("audio has no samples")
+    y, sr = convert_array(audio.mono(), audio.sample_rate, load_voice(model, backend, options), transpose, options)
+    return Audio(y.astype(np.float32), sr)
+
+
+def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str | float = "auto",
+                  backend: str = "auto", options: dict | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> Path:
+    """Convert the speech of any audio or video file; write WAV or FLAC (by suffix) atomically."""
+    import soundfile as sf
+
+    from reenact.media.audio import read_audio
+    from reenact.media.video import check_output_path
+
+    input_path, out_path = Path(input_path), check_output_path(out_path)
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(out_path.suffix.lower())
+    if fmt is None:
+        raise ReenactError("output must end in .wav or .flac", out_path)
+    voice = load_voice(model, backend, options)
+    start = time.perf_counter()
+    audio = read_audio(input_path, mono=True)
+    x = audio.mono().astype(np.float32)
+    try:
+        y, sr = convert_array(x, audio.sample_rate, voice, transpose, options, progress)
+    except ReenactError as exc:
+        if exc.path is None:
+            raise ReenactError(exc.message, input_path) from None
+        raise
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial{out_path.suffix}")
+    try:
+        sf.write(str(tmp), np.clip(y, -1, 1).astype(np.float32), sr, format=fmt, subtype="PCM_16")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    took = time.perf_counter() - start
+    log.info("converted %.1f s in %.2f s (real-time factor %.3f)", len(x) / audio.sample_rate, took,
+             took / max(len(x) / audio.sample_rate, 1e-9))
+    return out_path

@@ -1,0 +1,184 @@
+"""Conversion with a so-vits-svc 4.x model: a model folder (config.json + G_*.pth) in, speech out.
+
+Long inputs are converted in chunks of at most `chunk_seconds`, split at the quietest point of
+the last half of each chunk. Each chunk is converted with `context_seconds` of audio on both
+sides and the chunks are joined by a short crossfade inside the quiet stretch. Nothing is
+zeroed: pauses, breaths and room tone go through the model like speech, so they keep the
+converted level. (so-vits-svc-fork writes exact zeros between the speech it finds.)
+
+F0: the driver's F0 is shifted by `transpose` semitones, or with ``"auto"`` from the driver's
+median F0 to the subject's (recorded in config.json by `reenact voice train --backend sovits`).
+A model without those statistics (a community model) uses its F0 decoder's prediction instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from reenact.errors import ReenactError
+from reenact.voice import content as C
+from reenact.voice import sovits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvertConfig:
+    transpose: str | float = "auto"  # "auto" or semitones
+    speaker: str | int | None = None  # name or id in config.json's "spk"; default: the first
+    f0_method: str = "dio"  # dio, harvest or parselmouth
+    predict_f0: bool | None = None  # the F0 decoder's prediction; None: only when "auto" has no statistics
+    noise_scale: float = 0.4
+    chunk_seconds: float = 20.0
+    context_seconds: float = 0.5
+    crossfade_seconds: float = 0.04
+    seed: int = 0
+
+
+def find_generator(path: Path) -> tuple[Path, Path]:
+    """(G_*.pth, config.json) for a model folder or a G file with config.json beside it."""
+    path = Path(path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    config = folder / "config.json"
+    if path.is_dir():
+        steps = [(int(m.group(1)), p) for p in path.glob("G_*.pth") if (m := re.fullmatch(r"G_(\d+)\.pth", p.name))]
+        if not steps:
+            raise ReenactError("no G_*.pth generator checkpoint in the model folder", path)
+        path = max(steps)[1]
+    elif not path.is_file():
+        raise ReenactError("model not found (give a folder with config.json and G_*.pth, or a G_*.pth file)", path)
+    if not config.is_file():
+        raise ReenactError("config.json not found beside the generator checkpoint", config)
+    return path, config
+
+
+def pick_device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class SovitsVoice:
+    """A loaded so-vits-svc model with its content encoder."""
+
+    def __init__(self, config: dict, net_g: torch.nn.Module, encoder: C.ContentEncoder, device: str,
+                 path: Path | None = None):
+        self.config, self.net_g, self.encoder, self.device, self.path = config, net_g, encoder, device, path
+        self.sample_rate = int(config["data"]["sampling_rate"])
+        self.hop = int(config["data"]["hop_length"])
+        self.speakers: dict[str, int] = dict(config.get("spk") or {}) or {"speaker0": 0}
+        self.stats: dict = (config.get("reenact") or {}).get("f0", {})
+
+    @classmethod
+    def load(cls, path: str | Path, content: str | Path | C.ContentEncoder | None = None,
+             device: str | None = None) -> "SovitsVoice":
+        """Load a model folder (or G_*.pth). `content`: ContentVec folder/file/'contentvec' or an encoder;
+        default: the one recorded in config.json by training, else the registry's 'contentvec'."""
+        g_path, config_path = find_generator(Path(path))
+        config = sovits.load_config(config_path)
+        device = pick_device(device)
+        net_g = sovits.build_generator(config)
+        sovits.load_checkpoint(g_path, net_g)
+        net_g = net_g.remove_weight_norm().eval().to(device)
+        legacy = bool(config["data"].get("contentvec_final_proj", True))  # absent means legacy, as in the fork
+        if not isinstance(content, C.ContentEncoder):
+            spec = content or (config.get("reenact") or {}).get("content") or "contentvec"
+            content = C.ContentEncoder.load(spec, device, legacy=legacy)
+        if content.dim != int(config["model"]["ssl_dim"]):
+            raise ReenactError(f"the content encoder gives {content.dim}-dim features; the model needs "
+                               f"{config['model']['ssl_dim']}", g_path)
+        log.info("loaded %s (%s, %d Hz) on %s", g_path, config["model"].get("type_", "hifi-gan"),
+                 int(config["data"]["sampling_rate"]), device)
+        return cls(config, net_g, content, device, g_path)
+
+    def speaker_id(self, speaker: str | int | None) -> int:
+        if speaker is None:
+            return min(self.speakers.values())
+        if isinstance(speaker, int) or str(speaker).isdigit():
+            sid = int(speaker)
+            if sid not in self.speakers.values():
+                raise ReenactError(f"speaker id {sid} is not in the model; speakers: {self.speakers}")
+            return sid
+        if speaker not in self.speakers:
+            raise ReenactError(f"speaker {speaker!r} is not in the model; speakers: {', '.join(self.speakers)}")
+        return self.speakers[speaker]
+
+    def shift(self, f0: np.ndarray, uv: np.ndarray, cfg: ConvertConfig) -> tuple[float, bool]:
+        """Semitones to shift the driver's F0 by, and whether to use the F0 decoder instead."""
+        if cfg.transpose != "auto":
+            return float(cfg.transpose), bool(cfg.predict_f0)
+        target = self.stats.get("median_hz")
+        if target and uv.any() and not cfg.predict_f0:
+            return float(12 * np.log2(target / np.median(f0[uv > 0]))), False
+        return 0.0, cfg.predict_f0 is not False
+
+    @torch.inference_mode()
+    def convert(self, x: np.ndarray, cfg: ConvertConfig | None = None,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Mono audio at `sample_rate` -> converted audio of the same length."""
+        cfg = cfg or ConvertConfig()
+        hop, sr = self.hop, self.sample_rate
+        n_in = len(x)
+        x = np.asarray(x, dtype=np.float32)
+        x = np.pad(x, (0, max(sr // 2 - len(x), 0)))  # very short input: pad to 0.5 s, cut again at the end
+        x = np.pad(x, (0, (-len(x)) % hop))
+        frames = len(x) // hop
+        f0, uv = C.interpolate_f0(C.compute_f0(x, sr, hop, cfg.f0_method, frames))
+        semitones, predict = self.shift(f0, uv, cfg)
+        f0 = f0 * 2 ** (semitones / 12)
+        log.info("F0 shift %+.2f semitones%s", semitones, "; F0 decoder on" if predict else "")
+        sid = torch.tensor([[self.speaker_id(cfg.speaker)]], device=self.device)
+        chunks = split_chunks(x, hop, int(cfg.chunk_seconds * sr / hop))
+        ctx, half = int(cfg.context_seconds * sr / hop), int(cfg.crossfade_seconds * sr / 2)
+        out = np.zeros(len(x), dtype=np.float32)
+        for k, (a, b) in enumerate(chunks):
+            a0, b0 = max(a - ctx, 0), min(b + ctx, frames)
+            seg = x[a0 * hop:b0 * hop]
+            c = C.repeat_expand(self.encoder.encode(C.resample(seg, sr, C.HUBERT_SR)), b0 - a0)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + k)
+                y = self.net_g.infer(c[None].to(self.device), torch.as_tensor(f0[None, a0:b0], device=self.device),
+                                     torch.as_tensor(uv[None, a0:b0], device=self.device), g=sid,
+                                     noice_scale=cfg.noise_scale, predict_f0=predict)[0, 0].float().cpu().numpy()
+            s0, s1 = max(a * hop - half, 0), min(b * hop + half, len(x))
+            w = np.ones(s1 - s0, dtype=np.float32)
+            if a > 0:
+                w[:2 * half] = np.linspace(0, 1, 2 * half, dtype=np.float32)
+            if b < frames:
+                w[-2 * half:] = np.linspace(1, 0, 2 * half, dtype=np.float32)
+            out[s0:s1] += w * y[s0 - a0 * hop:s1 - a0 * hop]
+            if progress:
+                progress(k + 1, len(chunks))
+        return out[:n_in]
+
+
+def split_chunks(x: np.ndarray, hop: int, max_frames: int) -> list[tuple[int, int]]:
+    """Frame ranges covering x, each at most max_frames, cut at the quietest frame of each chunk's last half."""
+    frames = len(x) // hop
+    if frames <= max_frames:
+        return [(0, frames)]
+    energy = np.square(x[:frames * hop].reshape(frames, hop)).mean(axis=1)
+    energy = np.convolve(energy, np.ones(5) / 5, mode="same")  # a pause, not a single quiet frame
+    chunks, a = [], 0
+    while frames - a > max_frames:
+        lo = a + max_frames // 2
+        b = lo + int(np.argmin(energy[lo:a + max_frames]))
+        chunks.append((a, b))
+        a = b
+    return chunks + [(a, frames)]
+
+
+def convert_array(x: np.ndarray, sr: int, voice: SovitsVoice, cfg: ConvertConfig | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Convert mono audio at any sample rate; returns audio at the model's sample rate."""
+    start = time.perf_counter()
+    y = voice.convert(C.resample(x, sr, voice.sample_rate), cfg, progress)
+    took = time.perf_counter() - start
+    log.info("converted %.1f s in %.2f s (real-time factor %.3f)", len(x) / sr, took, took / max(len(x) / sr, 1e-9))
+    return y

@@ -232,7 +232,7 @@ class TrainConfig:
     f0_method: str = "dio"
     content: str | Path = "contentvec"  # ContentVec folder/file or registry name (see voice.content)
     speaker: str | None = None  # name in config.json's "spk"; default: the dataset folder's name
-    num_workers: int = 0  # DataLoader workers
+    num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
     peak_normalize: bool = True  # scale each clip to peak 1, as the fork's pre-resample does
     eval_seconds: float = 4.0  # length of the audio samples written at eval
     extra: dict[str, Any] = field(default_factory=dict)  # overrides merged into config.json's "train"
@@ -293,8 +293,9 @@ def dataset_clips(dataset_dir: Path) -> list[Path]:
     return clips
 
 
-def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_normalize: bool = True) -> dict:
-    """Training features of one clip, frame-aligned at the model's hop (as the fork's pre-hubert writes)."""
+def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_normalize: bool = True) -> dict | None:
+    """Training features of one clip, frame-aligned at the model's hop (as the fork's pre-hubert writes);
+    None for a clip under 0.3 s."""
     import soundfile as sf
 
     from reenact.voice import content as C
@@ -305,6 +306,8 @@ def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_n
     except (RuntimeError, OSError) as exc:
         raise ReenactError(f"cannot read audio ({exc})", path) from exc
     x = C.resample(x.mean(1), sr, data["sampling_rate"])
+    if len(x) < 0.3 * data["sampling_rate"]:  # as the fork: too short for the content encoder
+        return None
     if peak_normalize and np.abs(x).max() > 0:
         x = x / np.abs(x).max()
     c, f0, uv = C.get_features(x, data["sampling_rate"], data["hop_length"], encoder, f0_method)
@@ -333,10 +336,17 @@ def preprocess(clips: list[Path], cache: Path, config: dict, encoder: Any, f0_me
     todo = [(p, o) for p, o in list(zip(clips, out))[rank::world] if not o.is_file()]
     t0 = time.monotonic()
     for n, (clip, path) in enumerate(todo, 1):
-        _atomic_save(clip_features(clip, config, encoder, f0_method, peak_normalize), path)
+        features = clip_features(clip, config, encoder, f0_method, peak_normalize)
+        if features is None:
+            log.info("%s: skipped (shorter than 0.3 s)", clip)
+        else:
+            _atomic_save(features, path)
         if n % 20 == 0 or n == len(todo):
             log.info("features: %d/%d clips (%.1f s)", n, len(todo), time.monotonic() - t0)
     _barrier()
+    out = [p for p in out if p.is_file()]
+    if not out:
+        raise ReenactError("no clip is long enough to train on (0.3 s at least)", cache)
     return out
 
 
@@ -657,19 +667,28 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
         log.info("training %d clips (%d held out) on %s x%d, batch %d, %s, to step %d", len(train_paths), len(val),
                  device, world, bs, f"AMP {amp}" if amp else "fp32", cfg.steps)
         net_g.train(), net_d.train()
-        saved, t0, n0 = step, time.monotonic(), step
-        while step < cfg.steps:
-            sampler.set_epoch(epoch)
-            order = list(sampler)
-            batches = [[(i, epoch) for i in order[k:k + bs]] for k in range(0, len(order), bs)]
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[pos:], collate_fn=collate,
-                                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                                                 generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        t0, n0 = time.monotonic(), step
+        per_epoch = math.ceil(len(sampler) / bs)
+
+        def batches(epoch: int, pos: int):  # the epochs' shuffled batches from (epoch, pos) on, endlessly
+            while True:
+                sampler.set_epoch(epoch)
+                order = list(sampler)
+                for k in range(pos * bs, len(order), bs):
+                    yield [(i, epoch) for i in order[k:k + bs]]
+                epoch, pos = epoch + 1, 0
+
+        workers = cfg.num_workers if cfg.num_workers is not None else (min(4, os.cpu_count() or 1)
+                                                                       if device.type == "cuda" else 0)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches(epoch, pos), collate_fn=collate,
+                                             num_workers=workers, pin_memory=device.type == "cuda",
+                                             generator=torch.Generator().manual_seed(cfg.seed + step))
+        if step < cfg.steps:
             for batch in loader:
                 batch = tuple(t.to(device, non_blocking=True) for t in batch)
                 losses = train_step(net_g, net_d, d_raw, opt_g, opt_d, scaler, batch, hps, amp)
                 step, pos = step + 1, pos + 1
-                if pos == len(batches):  # end of the epoch: decay the learning rate, as the fork
+                if pos == per_epoch:  # end of the epoch: decay the learning rate, as the fork
                     sched_g.step(), sched_d.step()
                     epoch, pos = epoch + 1, 0
                 if writer and (step % cfg.log_interval == 0 or step == cfg.steps):
@@ -693,11 +712,8 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
                         writer.add_audio(f"gt/audio_{i}", real[None], step, sample_rate=sr)
                 if step % cfg.checkpoint_interval == 0 or step >= cfg.steps:
                     save()
-                    saved = step
                 if step >= cfg.steps:
                     break
-        if saved != step:
-            save()
         if writer:
             writer.close()
         return model_dir / f"G_{step}.pth"

@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=50, help="kal_drive utterances measured")
     ap.add_argument("--no-wer", action="store_true", help="skip pocketsphinx (the slowest measure)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--sovits", type=Path, help="also measure this so-vits-svc model folder (e.g. from `reenact "
+                    "voice train DATASET --backend sovits`) on the same utterances, beside the offline backend")
+    ap.add_argument("--sovits-content", help="ContentVec for --sovits (default: the one it was trained with)")
     ap.add_argument("--work", type=Path, help="keep the dataset and model here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -101,6 +104,22 @@ def main() -> None:
             dur += len(x) / model.sample_rate
             items.append((p, F.resample(y, model.sample_rate, E.RATE)))
         res = measure(spec, items, e_slt, e_kal, texts, wer0)
+        res["rtf"] = took / dur
+        results.append(res)
+    if args.sovits:
+        from reenact.voice.convert import convert_array as convert_any
+        from reenact.voice.sovits_infer import SovitsVoice
+
+        voice = SovitsVoice.load(args.sovits, content=args.sovits_content)
+        items, took, dur = [], 0.0, 0.0
+        for p in kal:
+            x16 = E.load16(p)
+            t = time.perf_counter()
+            y, sr = convert_any(x16, E.RATE, voice)
+            took += time.perf_counter() - t
+            dur += len(x16) / E.RATE
+            items.append((p, F.resample(y.astype(np.float64), sr, E.RATE)))
+        res = measure(f"sovits {args.sovits.name}", items, e_slt, e_kal, texts, wer0)
         res["rtf"] = took / dur
         results.append(res)
     report["results"] = results

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reenact.errors import ReenactError
+from reenact.voice import content as C
+from reenact.voice import sovits
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +300,6 @@ def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_n
     None for a clip under 0.3 s."""
     import soundfile as sf
 
-    from reenact.voice import content as C
-
     data = config["data"]
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -474,8 +474,6 @@ def train_step(net_g: nn.Module, net_d: nn.Module, d_raw: nn.Module, opt_g: torc
     with autocast:
         y_hat, _, ids, z_mask, (_, z_p, m_p, logs_p, _, logs_q), pred_lf0, _, lf0 = net_g(
             c, f0, uv, spec, g=g, c_lengths=lengths, spec_lengths=lengths)
-    from reenact.voice import sovits
-
     y_hat_mel = mel_spectrogram(y_hat.squeeze(1).float(), data)
     y_mel = sovits.slice_segments(mel, ids, seg // hop)[..., :y_hat_mel.shape[-1]]
     y = sovits.slice_segments(y, ids * hop, seg)[..., :y_hat.shape[-1]]
@@ -539,9 +537,6 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
     Fine-tunes from `config.base_g`/`base_d` (or G_0.pth/D_0.pth in `model_dir`) when given, else trains
     from scratch. Resumes from the newest checkpoint in `model_dir`. `encoder`: a ready
     `voice.content.ContentEncoder` (default: load `config.content`)."""
-    from reenact.voice import sovits
-    from reenact.voice.content import ContentEncoder
-
     cfg = config or TrainConfig()
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
@@ -552,8 +547,8 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
         # ---- configuration: template + overrides, or the one this folder was trained with
         hps = make_config(cfg, cfg.speaker or dataset_dir.resolve().name)
         resume_steps = checkpoint_steps(model_dir)
-        base_g = Path(cfg.base_g) if cfg.base_g else (model_dir / "G_0.pth" if (model_dir / "G_0.pth").is_file() else None)
-        base_d = Path(cfg.base_d) if cfg.base_d else (model_dir / "D_0.pth" if (model_dir / "D_0.pth").is_file() else None)
+        base_g, base_d = (Path(given) if given else (model_dir / name if (model_dir / name).is_file() else None)
+                          for given, name in ((cfg.base_g, "G_0.pth"), (cfg.base_d, "D_0.pth")))
         if resume_steps and (model_dir / "config.json").is_file():
             stored = sovits.load_config(model_dir / "config.json")
             for key in ("model", "data", "spk"):
@@ -573,7 +568,7 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
 
         # ---- features
         if encoder is None:
-            encoder = ContentEncoder.load(cfg.content, str(device),
+            encoder = C.ContentEncoder.load(cfg.content, str(device),
                                           legacy=bool(hps["data"].get("contentvec_final_proj", True)))
         if encoder.dim != hps["model"]["ssl_dim"]:
             raise ReenactError(f"the content encoder gives {encoder.dim}-dim features; the model takes "
@@ -623,8 +618,12 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
         sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, train["lr_decay"])
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         torch.manual_seed(cfg.seed + rank)
+        bs = int(train["batch_size"])
         if state is not None:
             epoch, pos = state["epoch"], state["pos"]
+            if (state["batch_size"], state["world"]) != (bs, world):
+                log.warning("batch size or process count changed since step %d: the epoch starts over", step)
+                pos = 0
             sched_g.load_state_dict(state["sched_g"]), sched_d.load_state_dict(state["sched_d"])
             scaler.load_state_dict(state["scaler"])
             if rank < len(state["rng"]):
@@ -640,7 +639,6 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
         dataset = ClipDataset(train_paths, hps["data"]["hop_length"], 0, cfg.seed)
         sampler = torch.utils.data.DistributedSampler(range(len(train_paths)), world, rank, shuffle=True,
                                                       seed=cfg.seed)
-        bs = train["batch_size"]
         writer = None
         if rank == 0:
             from torch.utils.tensorboard import SummaryWriter

@@ -24,7 +24,7 @@ from reenact.errors import ReenactError
 from reenact.voice import sovits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sovits"
-TOL = 1e-3  # parity tolerance on audio in [-1, 1]; on the machine that made the fixture the difference is 0
+TOL = 5e-4  # parity tolerance on audio in [-1, 1]; measured max |diff| ~1e-6 (float32), ~1e-4 (float64)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["768", "256-legacy"])
@@ -83,7 +83,7 @@ def test_parity_holds_in_float64(full_model, parity, monkeypatch):
                                 torch.from_numpy(parity["uv"]).double(), g=torch.zeros(1, 1, dtype=torch.long),
                                 noice_scale=float(parity["noise_scale"]), predict_f0=True)
         diff = np.abs(audio[0, 0].numpy() - parity[f"audio{dim}_predict_f0"]).max()
-        assert diff < TOL, f"float64 max |diff| {diff:.2e}"
+        assert diff < 2 * TOL, f"float64 max |diff| {diff:.2e}"
     finally:
         model.float()
 

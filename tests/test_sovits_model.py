@@ -150,6 +150,23 @@ def test_save_load_roundtrip_is_atomic_and_strict(tmp_path):
         sovits.load_checkpoint(bare, other)
 
 
+def test_inference_only_export_loads_for_inference(tmp_path):
+    """so-vits-svc's compress_model.py drops enc_q.* (and may halve); such files load for conversion only."""
+    _, model = tiny_model()
+    saved = torch.load(FIXTURES / "fork_tiny" / "G_1.pth", weights_only=True)
+    stripped = {k: v.half() for k, v in saved["model"].items() if "enc_q" not in k}
+    path = tmp_path / "G_compressed.pth"
+    torch.save({"model": stripped, "iteration": 0, "optimizer": None, "learning_rate": 1e-4}, path)
+    with pytest.raises(ReenactError, match="missing: enc_q"):
+        sovits.load_checkpoint(path, model)
+    sovits.load_checkpoint(path, model, for_inference=True)
+    assert torch.equal(model.dec.conv_pre.weight_v, saved["model"]["dec.conv_pre.weight_v"].half().float())
+    stripped.pop("emb_uv.weight")
+    torch.save({"model": stripped, "iteration": 0, "optimizer": None, "learning_rate": 1e-4}, path)
+    with pytest.raises(ReenactError, match="missing: emb_uv.weight"):
+        sovits.load_checkpoint(path, model, for_inference=True)
+
+
 def test_training_forward_and_backward():
     config, model = tiny_model()
     model.train()

@@ -702,10 +702,12 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, l
         raise
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Any], path: str | Path | None = None) -> None:
-    """Raise ReenactError unless `state` has exactly the model's keys and shapes."""
+def check_state_dict(model: nn.Module, state: dict[str, Any], path: str | Path | None = None,
+                     optional: tuple[str, ...] = ()) -> None:
+    """Raise ReenactError unless `state` has exactly the model's keys and shapes (keys starting with
+    one of `optional` may be missing)."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not (optional and k.startswith(optional))]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})" for k in own
              if k in state and (not isinstance(state[k], Tensor) or state[k].shape != own[k].shape)]
@@ -717,8 +719,13 @@ def check_state_dict(model: nn.Module, state: dict[str, Any], path: str | Path |
         raise ReenactError("checkpoint does not match the model in config.json: " + "; ".join(problems), path)
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
-    """Load a fork-layout checkpoint strictly and safely (weights_only) -> (model, optimizer, lr, iteration)."""
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    for_inference: bool = False):
+    """Load a fork-layout checkpoint strictly and safely (weights_only) -> (model, optimizer, lr, iteration).
+
+    With for_inference, a generator checkpoint without the posterior encoder (enc_q.*, which
+    so-vits-svc's compress_model.py strips from the models people share, sometimes in float16)
+    loads too; enc_q keeps its initial weights, as inference never uses it."""
     path = Path(path)
     if not path.is_file():
         raise ReenactError("checkpoint not found", path)
@@ -732,8 +739,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ReenactError("not a so-vits-svc checkpoint: no 'model' state dict", path)
     target = getattr(model, "module", model)
-    check_state_dict(target, ckpt["model"], path)
-    target.load_state_dict(ckpt["model"], strict=True)
+    optional = ("enc_q.",) if for_inference else ()
+    check_state_dict(target, ckpt["model"], path, optional)
+    target.load_state_dict(ckpt["model"], strict=not optional)  # checked above: only enc_q.* may be missing
+    if optional and "enc_q.pre.weight" not in ckpt["model"]:
+        LOG.info("%s has no posterior encoder (an inference-only export); fine for conversion", path)
     if optimizer is not None and ckpt.get("optimizer") is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -21,6 +21,10 @@ content, and so-vits-svc-4.0v1-legacy, 256-dim) is supported.
             mean-normalised source log-F0 (so-vits-svc's "auto predict F0")
     emb_g:  speaker embedding [n_speakers, gin_channels], conditions flow, dec and f0_decoder
 
+Speed: for inference call remove_weight_norm() once and run under torch.inference_mode(); no
+posterior encoder runs and masks are built once. On CPU the decoder runs its convolutions as
+channels-last 2-D convolutions (same weights; see _conv), which oneDNN executes faster.
+
 Randomness (for parity with the fork under one seed): `infer` draws, in order,
 torch.randn_like(m_p) [B, inter, T] in enc_p; torch.rand(B, 9) for the harmonics' initial phases;
 torch.randn_like(sines) [B, T*512, 9] for the source noise; torch.randn [B, T*512, 1] (a noise branch
@@ -489,7 +493,7 @@ class SourceModuleHnNSF(nn.Module):
         shift = torch.zeros_like(rad)
         shift[:, 1:, :] = (wrapped[:, 1:] - wrapped[:, :-1] < 0) * -1.0
         sines = torch.sin(torch.cumsum(rad + shift, dim=1) * 2 * np.pi) * self.sine_amp
-        uv = (f0 > 0).type(torch.float32)
+        uv = (f0 > 0).to(sines.dtype)
         noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
         return sines * uv + noise_amp * torch.randn_like(sines)
 
@@ -606,13 +610,21 @@ class SynthesizerTrn(nn.Module):
         return o, None, ids_slice, spec_mask, (z, z_p, m_p, logs_p, m_q, logs_q), pred_lf0, norm_lf0, lf0
 
     def infer(self, c: Tensor, f0: Tensor, uv: Tensor, g: Tensor | None = None, noice_scale: float = 0.35,
-              predict_f0: bool = False) -> Tensor:
+              predict_f0: bool = False, c_lengths: Tensor | None = None) -> Tensor:
         """c [B, ssl, T], f0 [B, T] Hz, uv [B, T] (1 voiced), g [B, 1] speaker ids -> audio [B, 1, T * hop].
 
         With predict_f0 the F0 decoder replaces f0 by its prediction for the speaker (the source's
-        contour, shifted to the speaker's range). Noise: see the module docstring."""
+        contour, shifted to the speaker's range). Noise: see the module docstring. c_lengths (an
+        addition to the fork's signature) masks the padding of a batch of unequal chunks in the
+        encoders and flow (pad c with zeros and uv with 0); the decoder is unmasked, so trim each output to
+        c_lengths * hop and expect its last ~10 frames (the decoder's reach at full size) to differ
+        from an unpadded run; with predict_f0 the F0 decoder's unmasked prenet also lets the padding
+        touch the last frame's F0, and through enc_p's attention, every frame slightly."""
         g = self.emb_g(g).transpose(1, 2)
-        x_mask = torch.ones(c.size(0), 1, c.size(2), dtype=c.dtype, device=c.device)
+        if c_lengths is None:
+            x_mask = torch.ones(c.size(0), 1, c.size(2), dtype=c.dtype, device=c.device)
+        else:
+            x_mask = sequence_mask(c_lengths, c.size(2)).unsqueeze(1).to(c.dtype)
         x = self.pre(c) * x_mask + self.emb_uv(uv.long()).transpose(1, 2)
         if predict_f0:
             lf0 = 2595.0 * torch.log10(1.0 + f0.unsqueeze(1) / 700.0) / 500

@@ -223,15 +223,16 @@ def _env() -> dict:
 
 def test_kill_and_resume_ends_at_the_same_weights(tmp_path):
     model = tmp_path / "killed"
+    log = tmp_path / "killed.log"
     proc = subprocess.Popen([sys.executable, str(_runner(tmp_path, model, 10_000, 3))], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
     state_path, deadline = model / "train_state.pt", time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if state_path.is_file() and torch.load(state_path, weights_only=True)["step"] >= 3:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, log.read_text()[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -264,10 +265,17 @@ def test_two_process_gloo_run(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    logs = [tmp_path / f"rank{r}.log" for r in range(2)]  # files, not pipes: a full pipe would stall a rank
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=logs[r].open("w"),
                               env={**_env(), "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r),
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
-    errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+    try:
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            p.kill()
+    errors = [log.read_text() for log in logs]
     assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errors)
     assert "on cpu x2" in errors[0]
     assert (model / "G_2.pth").is_file() and (model / "D_2.pth").is_file()

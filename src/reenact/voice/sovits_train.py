@@ -714,6 +714,7 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
                     break
         if writer:
             writer.close()
+        _barrier()  # every rank leaves once rank 0 has written
         return model_dir / f"G_{step}.pth"
     finally:
         if started:

@@ -188,11 +188,13 @@ def test_training_loss_falls_and_checkpoints(tmp_path):
     acc = EventAccumulator(str(model / "logs"), size_guidance={"audio": 0})
     acc.Reload()
     assert {"gen/audio_0", "gt/audio_0"} <= set(acc.Tags()["audio"])
-    # running again to the same step trains nothing and keeps the weights
+    # running again to the same step trains nothing, keeps the weights and reuses the cached features
     before = torch.load(g_path, weights_only=True)["model"]
+    cached = {p: p.stat().st_mtime_ns for p in (model / "cache").glob("*.pt")}
     assert train_sovits(data, model, tiny_config(steps=40), encoder=tiny_encoder()) == g_path
     after = torch.load(g_path, weights_only=True)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert cached == {p: p.stat().st_mtime_ns for p in (model / "cache").glob("*.pt")}
 
 
 RUNNER = """

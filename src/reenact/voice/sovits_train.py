@@ -320,12 +320,12 @@ def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_n
 
 
 def preprocess(clips: list[Path], cache: Path, config: dict, encoder: Any, f0_method: str,
-               peak_normalize: bool = True, rank: int = 0, world: int = 1) -> list[Path]:
+               peak_normalize: bool = True, rank: int = 0, world: int = 1, content: str = "") -> list[Path]:
     """Cache every clip's features in `cache` (this rank's share; clips already done are skipped).
-    The cache is cleared when the data settings, content layout or F0 method change."""
+    The cache is cleared when the data settings, content encoder (`content` names it) or F0 method change."""
     cache.mkdir(parents=True, exist_ok=True)
     stamp = json.dumps({"data": config["data"], "ssl_dim": config["model"]["ssl_dim"], "f0": f0_method,
-                        "peak_normalize": peak_normalize}, sort_keys=True)
+                        "peak_normalize": peak_normalize, "content": content}, sort_keys=True)
     stamp_path = cache / "settings.json"
     if rank == 0 and (not stamp_path.is_file() or stamp_path.read_text() != stamp):
         for old in cache.glob("*.pt"):
@@ -573,7 +573,8 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
         if encoder.dim != hps["model"]["ssl_dim"]:
             raise ReenactError(f"the content encoder gives {encoder.dim}-dim features; the model takes "
                                f"{hps['model']['ssl_dim']}", Path(str(cfg.content)))
-        paths = preprocess(clips, model_dir / "cache", hps, encoder, cfg.f0_method, cfg.peak_normalize, rank, world)
+        paths = preprocess(clips, model_dir / "cache", hps, encoder, cfg.f0_method, cfg.peak_normalize, rank, world,
+                           str(cfg.content))
         del encoder
         f0 = np.concatenate([(lambda d: d["f0"][d["uv"] > 0].numpy())(torch.load(p, weights_only=True, mmap=True))
                              for p in paths])

@@ -144,6 +144,11 @@ def test_save_load_roundtrip_is_atomic_and_strict(tmp_path):
     with pytest.raises(ReenactError, match="not a readable"):
         sovits.load_checkpoint(evil, other)
 
+    numpy_values = tmp_path / "G_numpy.pth"  # numpy scalars, as some older trainers stored them
+    torch.save({**raw, "iteration": np.int64(5), "learning_rate": np.float64(2e-4)}, numpy_values)
+    _, _, lr, iteration = sovits.load_checkpoint(numpy_values, other)
+    assert (float(lr), int(iteration)) == (2e-4, 5)
+
     bare = tmp_path / "bare.pth"
     torch.save(model.state_dict(), bare)
     with pytest.raises(ReenactError, match="no 'model'"):

@@ -731,6 +731,17 @@ def check_state_dict(model: nn.Module, state: dict[str, Any], path: str | Path |
         raise ReenactError("checkpoint does not match the model in config.json: " + "; ".join(problems), path)
 
 
+def _numpy_globals() -> list:
+    """numpy arrays and scalars, which some older so-vits-svc checkpoints hold (fork issue #348),
+    allowed in weights_only loading: they are plain data (object arrays would still need more)."""
+    core = np._core if hasattr(np, "_core") else np.core
+    allowed: list = [np.ndarray, np.dtype] + [type(np.dtype(c)) for c in "?bhilqBHILQefdFD"]  # numeric dtypes
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(core.multiarray, name)
+        allowed += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    return allowed
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     for_inference: bool = False):
     """Load a fork-layout checkpoint strictly and safely (weights_only) -> (model, optimizer, lr, iteration).
@@ -742,7 +753,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if not path.is_file():
         raise ReenactError("checkpoint not found", path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_globals()):
             warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code in it, not a torch file at all

@@ -147,7 +147,7 @@ def test_save_load_roundtrip_is_atomic_and_strict(tmp_path):
     numpy_values = tmp_path / "G_numpy.pth"  # numpy scalars, as some older trainers stored them
     torch.save({**raw, "iteration": np.int64(5), "learning_rate": np.float64(2e-4)}, numpy_values)
     _, _, lr, iteration = sovits.load_checkpoint(numpy_values, other)
-    assert (float(lr), int(iteration)) == (2e-4, 5)
+    assert (lr, iteration) == (2e-4, 5) and type(lr) is float and type(iteration) is int
 
     bare = tmp_path / "bare.pth"
     torch.save(model.state_dict(), bare)

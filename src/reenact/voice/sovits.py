@@ -772,7 +772,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:
             raise ReenactError(f"optimizer state does not match: {e}", path) from None
-    return model, optimizer, ckpt.get("learning_rate"), ckpt.get("iteration", 0)
+    lr = ckpt.get("learning_rate")
+    return model, optimizer, None if lr is None else float(lr), int(ckpt.get("iteration", 0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -195,6 +195,10 @@ def test_training_loss_falls_and_checkpoints(tmp_path):
     after = torch.load(g_path, weights_only=True)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert cached == {p: p.stat().st_mtime_ns for p in (model / "cache").glob("*.pt")}
+    # checkpoints without our state file (e.g. written by the fork) still resume, from the files alone
+    (model / "train_state.pt").unlink()
+    assert train_sovits(data, model, tiny_config(steps=42), encoder=tiny_encoder()) == model / "G_42.pth"
+    assert torch.load(model / "train_state.pt", weights_only=True)["epoch"] == 21
 
 
 RUNNER = """

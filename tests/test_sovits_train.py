@@ -308,6 +308,12 @@ def test_fine_tune_from_base_models(tmp_path):
     tuned = torch.load(model / "G_1.pth", weights_only=True)["model"]
     # one small step away from the base, not from a fresh initialisation
     assert (tuned["emb_g.weight"] - g.state_dict()["emb_g.weight"]).abs().max() < 1e-2
+    # a shared inference-only export (no posterior encoder, float16) fine-tunes too; enc_q learns anew
+    export = {k: v.half() for k, v in g.state_dict().items() if not k.startswith("enc_q.")}
+    torch.save({"model": export, "iteration": 0, "optimizer": None, "learning_rate": 1e-4}, tmp_path / "G_export.pth")
+    train_sovits(data, tmp_path / "from_export", tiny_config(steps=1, base_g=tmp_path / "G_export.pth"),
+                 encoder=tiny_encoder())
+    assert (tmp_path / "from_export" / "G_1.pth").is_file()
     wrong = {**template, "model": {**template["model"], "ssl_dim": 8}}
     sovits.save_checkpoint(sovits.build_generator(wrong), None, 1e-4, 0, tmp_path / "G_wrong.pth")
     with pytest.raises(ReenactError, match="8-dim"):

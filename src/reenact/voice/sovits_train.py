@@ -415,8 +415,9 @@ def clean_checkpoints(model_dir: Path, keep: int) -> None:
 
 
 def _base_shapes(path: Path) -> dict[str, tuple]:
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
+    try:  # numpy scalars allowed as in sovits.load_checkpoint (older checkpoints hold them)
+        with torch.serialization.safe_globals(sovits._numpy_globals()):
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise ReenactError(f"cannot read base model ({str(exc).splitlines()[0]})", path) from exc
     return {k: tuple(v.shape) for k, v in sd.items() if k in ("emb_g.weight", "pre.weight")}
@@ -609,7 +610,7 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
             sovits.load_checkpoint(model_dir / f"D_{step}.pth", d_raw, opt_d)
             log.info("resuming from step %d (epoch %d)", step, epoch)
         elif base_g is not None:
-            sovits.load_checkpoint(base_g, g_raw)
+            sovits.load_checkpoint(base_g, g_raw, for_inference=True)  # a shared export may lack enc_q: it learns anew
             if base_d is not None:
                 sovits.load_checkpoint(base_d, d_raw)
             log.info("fine-tuning from %s%s", base_g, f" and {base_d}" if base_d else " (discriminator from scratch)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -402,7 +403,9 @@ def voice_train(
         config = SovitsConfig(steps=steps, base_g=base[0], base_d=base[1], template=template, batch_size=batch_size,
                               checkpoint_interval=checkpoint_interval, keep_ckpts=keep, content=content,
                               f0_method=f0_method, device=device, seed=seed)
-        sys.stdout.write(f"{train_sovits(dataset, output, config)}\n")
+        newest = train_sovits(dataset, output, config)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+            sys.stdout.write(f"{newest}\n")
         return
     if backend != "world":
         raise ReenactError(f"unknown voice backend {backend!r}; choose world or sovits")

@@ -804,7 +804,7 @@ def deterministic_state_dict(model: nn.Module, seed: int = 0) -> dict[str, Tenso
         if name.endswith(".weight_g"):
             continue
         r = np.random.default_rng([seed, zlib.crc32(name.encode())]).standard_normal(tuple(t.shape), np.float32)
-        leaf = name.rsplit(".", 1)[-1]
+        parent, _, leaf = name.rpartition(".")
         if name == "f0_decoder.proj.weight":
             v = 0.1 * r / math.sqrt(int(np.prod(t.shape[1:])))
         elif name == "f0_decoder.proj.bias":
@@ -813,15 +813,15 @@ def deterministic_state_dict(model: nn.Module, seed: int = 0) -> dict[str, Tenso
             v = 0.1 * r
         elif leaf == "gamma":
             v = 1 + 0.1 * r
-        elif name.split(".")[-2] in ("emb_g", "emb_uv", "f0_emb"):
+        elif parent.rpartition(".")[2] in ("emb_g", "emb_uv", "f0_emb"):
             v = 0.3 * r
         elif leaf in ("emb_rel_k", "emb_rel_v"):
             v = r / math.sqrt(t.shape[-1])
         else:
             v = r / math.sqrt(max(1, int(np.prod(t.shape[1:]))))
         out[name] = torch.from_numpy(v).to(t.dtype)
-        if leaf == "weight_v":
-            g_name = name[: -len("weight_v")] + "weight_g"
+        g_name = name[: -len("weight_v")] + "weight_g"
+        if leaf == "weight_v" and g_name in own:
             dims = tuple(range(1, v.ndim))
             out[g_name] = torch.from_numpy(np.sqrt((v**2).sum(axis=dims, keepdims=True))).to(own[g_name].dtype)
     return {name: out[name] for name in own}

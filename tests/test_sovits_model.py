@@ -5,7 +5,8 @@ environment (none of its code is here):
   keys_768.json, keys_256.json  its SynthesizerTrn state-dict keys and shapes, in order, for the
                                 so-vits-svc-4.0v1 and -legacy templates;
   fork_tiny/                    a tiny random model saved by its utils.save_checkpoint (with AdamW
-                                state after one step), its config.json, and its infer output;
+                                state after one step), its config.json, its infer output, and
+                                init_seed1234.npy, its initial weights after torch.manual_seed(1234);
   parity.npz                    its infer output for both templates with the weights of
                                 sovits.deterministic_state_dict(model, 0), fixed inputs and seed.
 """
@@ -256,3 +257,14 @@ def test_batched_infer_with_lengths_matches_single(monkeypatch):
         single = model.infer(c[1:, :, :short], f0[1:, :short], uv[1:, :short], g=torch.tensor([[1]]))
     keep = (short - 4) * model.hop_length  # all but the decoder's receptive field at the end agrees
     assert torch.allclose(batch[1, :, :keep], single[0, :, :keep], atol=1e-5)
+
+
+def test_seeded_init_equals_forks():
+    """Built after torch.manual_seed(1234), the tiny model starts from the fork's initial weights
+    (init_seed1234.npy: its SynthesizerTrn's state dict, flattened in order)."""
+    config = sovits.load_config(FIXTURES / "fork_tiny" / "config.json")
+    torch.manual_seed(1234)
+    model = sovits.build_generator(config)
+    ours = torch.cat([v.flatten() for v in model.state_dict().values()]).numpy()
+    expected = np.load(FIXTURES / "fork_tiny" / "init_seed1234.npy")
+    assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-6

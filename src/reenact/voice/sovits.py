@@ -232,12 +232,13 @@ class AttentionEncoder(nn.Module):
                  kernel_size: int = 1, p_dropout: float = 0.0, window_size: int = 4):
         super().__init__()
         self.drop = nn.Dropout(p_dropout)
-        self.attn_layers = nn.ModuleList(MultiHeadAttention(hidden_channels, n_heads, p_dropout, window_size)
-                                         for _ in range(n_layers))
-        self.norm_layers_1 = nn.ModuleList(LayerNorm(hidden_channels) for _ in range(n_layers))
-        self.ffn_layers = nn.ModuleList(FFN(hidden_channels, filter_channels, kernel_size, p_dropout)
-                                        for _ in range(n_layers))
-        self.norm_layers_2 = nn.ModuleList(LayerNorm(hidden_channels) for _ in range(n_layers))
+        self.attn_layers, self.norm_layers_1 = nn.ModuleList(), nn.ModuleList()
+        self.ffn_layers, self.norm_layers_2 = nn.ModuleList(), nn.ModuleList()
+        for _ in range(n_layers):  # layer by layer, as the fork (same random init under one seed)
+            self.attn_layers.append(MultiHeadAttention(hidden_channels, n_heads, p_dropout, window_size))
+            self.norm_layers_1.append(LayerNorm(hidden_channels))
+            self.ffn_layers.append(FFN(hidden_channels, filter_channels, kernel_size, p_dropout))
+            self.norm_layers_2.append(LayerNorm(hidden_channels))
 
     def forward(self, x: Tensor, x_mask: Tensor) -> Tensor:
         attn_mask = x_mask.unsqueeze(2) * x_mask.unsqueeze(-1)
@@ -256,12 +257,13 @@ class CausalTransformer(nn.Module):
                  kernel_size: int = 1, p_dropout: float = 0.0):
         super().__init__()
         self.drop = nn.Dropout(p_dropout)
-        self.self_attn_layers = nn.ModuleList(
-            MultiHeadAttention(hidden_channels, n_heads, p_dropout, proximal_init=True) for _ in range(n_layers))
-        self.norm_layers_0 = nn.ModuleList(LayerNorm(hidden_channels) for _ in range(n_layers))
-        self.ffn_layers = nn.ModuleList(FFN(hidden_channels, filter_channels, kernel_size, p_dropout, causal=True)
-                                        for _ in range(n_layers))
-        self.norm_layers_1 = nn.ModuleList(LayerNorm(hidden_channels) for _ in range(n_layers))
+        self.self_attn_layers, self.norm_layers_0 = nn.ModuleList(), nn.ModuleList()
+        self.ffn_layers, self.norm_layers_1 = nn.ModuleList(), nn.ModuleList()
+        for _ in range(n_layers):
+            self.self_attn_layers.append(MultiHeadAttention(hidden_channels, n_heads, p_dropout, proximal_init=True))
+            self.norm_layers_0.append(LayerNorm(hidden_channels))
+            self.ffn_layers.append(FFN(hidden_channels, filter_channels, kernel_size, p_dropout, causal=True))
+            self.norm_layers_1.append(LayerNorm(hidden_channels))
 
     def forward(self, x: Tensor, x_mask: Tensor) -> Tensor:
         t = x_mask.size(2)
@@ -440,15 +442,26 @@ def _conv(conv: nn.Module, x: Tensor) -> Tensor:
     return F.conv2d(x, w, conv.bias, (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0]), conv.groups)
 
 
+def _fork_init(convs) -> None:
+    """The fork's init_weights: N(0, 0.01) written into the weight that weight norm derives, which the
+    next forward recomputes from weight_g/weight_v, so it changes nothing but torch's random stream.
+    Done the same here so that a seeded from-scratch model starts with exactly the fork's weights."""
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.normal_(0.0, 0.01)
+
+
 class ResBlock1(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 3, dilation: Sequence[int] = (1, 3, 5)):
         super().__init__()
         self.convs1 = nn.ModuleList(
             _weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2))
             for d in dilation[:3])
+        _fork_init(self.convs1)
         self.convs2 = nn.ModuleList(
             _weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2))
             for _ in range(3))
+        _fork_init(self.convs2)
 
     def forward(self, x: Tensor) -> Tensor:
         for c1, c2 in zip(self.convs1, self.convs2):
@@ -462,6 +475,7 @@ class ResBlock2(nn.Module):
         self.convs = nn.ModuleList(
             _weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2))
             for d in dilation[:2])
+        _fork_init(self.convs)
 
     def forward(self, x: Tensor) -> Tensor:
         for c in self.convs:
@@ -529,6 +543,8 @@ class NSFHifiGANGenerator(nn.Module):
             block(upsample_initial_channel // 2 ** (i + 1), k, d)
             for i in range(len(self.ups)) for k, d in zip(resblock_kernel_sizes, resblock_dilation_sizes))
         self.conv_post = _weight_norm(nn.Conv1d(ch, 1, 7, 1, padding=3))
+        _fork_init(self.ups)
+        _fork_init([self.conv_post])
         self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
 
     def forward(self, x: Tensor, f0: Tensor, g: Tensor | None = None) -> Tensor:

@@ -132,14 +132,15 @@ def test_model_file_is_safetensors_with_metadata(voice_model):
     with safe_open(str(voice_model), framework="numpy") as f:
         meta = json.loads(f.metadata()["reenact"])
         assert "pool_mc" in f.keys()
-    assert meta["method"] == "warp-knn" and meta["sample_rate"] == 24000
+    assert meta["method"] == "ppg" and meta["sample_rate"] == 24000 and meta["ppg_phones"] == 40
     assert 200 < meta["f0_median_hz"] < 245
     assert meta["training"]["clips"] == 6 and meta["training"]["minutes"] == pytest.approx(1.5, abs=0.01)
     model = VoiceModel.load(voice_model)
     assert model.tensors["pool_mc"].shape[1] == 40
+    assert model.tensors["pool_ppg"].shape == (len(model.tensors["pool_mc"]), 40)
 
 
-@pytest.mark.parametrize("method", ["warp", "knn", "warp-knn"])
+@pytest.mark.parametrize("method", ["warp", "knn", "warp-knn", "ppg"])
 def test_convert_maps_f0_and_keeps_timing(voice_model, driver_wav, tmp_path, method):
     model = VoiceModel.load(voice_model)
     model.meta["method"] = method

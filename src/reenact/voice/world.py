@@ -15,9 +15,16 @@ its spectral envelope, and resynthesises with WORLD. Spectral methods:
 - ``knn``: each driver frame is replaced by the mean of its k nearest target frames
   (same voicing) in a speaker-normalised space (mel-cepstra with per-speaker mean and
   variance normalisation), then smoothed over time: the DSP ancestor of kNN-VC.
-- ``warp-knn`` (default, best by measurement, see docs/voice.md): the ``warp`` result
-  is the query for the kNN search; the output is the neighbours' mean (``blend`` < 1
-  mixes the warped frame back in).
+- ``warp-knn``: the ``warp`` result is the query for the kNN search; the output is the
+  neighbours' mean (``blend`` < 1 mixes the warped frame back in).
+- ``ppg`` (default, best by measurement, see docs/voice.md): the kNN search compares
+  phonetic posteriorgrams (phone posteriors of pocketsphinx's bundled acoustic model, see
+  ``phonetic.py``) of the frame and of its neighbours 30 and 60 ms away, instead of
+  cepstra: what is said, not who says it.
+
+All methods fill short unvoiced gaps (up to ``f0_fill`` frames) inside voiced stretches
+of the F0 track before synthesis: DIO drops voicing there, and the buzz-noise switching
+costs intelligibility.
 
 The model is one safetensors file; its metadata (key ``reenact``) is JSON: sample
 rate, method, statistics, training data summary.
@@ -41,24 +48,29 @@ from safetensors.numpy import load_file, save_file
 from reenact.errors import ReenactError
 from reenact.media.audio import Audio
 from reenact.voice import features as F
+from reenact.voice.phonetic import RATE as PPG_RATE
+from reenact.voice.phonetic import load_phone_model, posteriorgram
 
 log = logging.getLogger(__name__)
 
 FORMAT = "reenact-voice-world"
-METHODS = ("pitch", "warp", "knn", "warp-knn")
+METHODS = ("pitch", "warp", "knn", "warp-knn", "ppg")
 
 
 @dataclass
 class TrainConfig:
-    method: str = "warp-knn"
+    method: str = "ppg"
     sample_rate: int = 24000
     dims: int = 40  # mel-cepstral coefficients kept
     match_dims: int = 6  # coefficients 1..match_dims-1 are compared in the kNN search
     k: int = 6  # neighbours averaged per frame
     smooth: int = 3  # frames of the moving average over the converted cepstra
-    blend: float = 1.0  # warp-knn: weight of the neighbours' mean against the warped frame
+    blend: float = 1.0  # warp-knn, ppg: weight of the neighbours' mean against the warped frame
     target_ap: bool = True  # kNN methods: take the aperiodicity of the chosen target frames
     target_energy: float = 0.0  # kNN methods: weight of the chosen frames' level (c0) against the driver's
+    ppg_context: tuple[int, ...] = (6, 12)  # ppg: frames (5 ms) either side whose posteriors join the query
+    ppg_scale: float = 0.2  # ppg: acoustic score scale before the softmax (flattens the posteriors)
+    f0_fill: int = 10  # unvoiced gaps of at most this many frames between voiced frames get interpolated F0
     max_pool: int = 120_000  # target frames kept for the search
     min_minutes: float = 1.0  # smaller datasets are refused
     workers: int = 2
@@ -88,6 +100,25 @@ class VoiceModel:
             mean, std = t[f"mc_mean_{name}"][1:match_dims], t[f"mc_std_{name}"][1:match_dims]
             values = np.concatenate([mc, t["pool_ap"][sel].astype(np.float64)], axis=1)
             self._cache[key] = (cKDTree((mc[:, 1:match_dims] - mean) / std), values)
+        return self._cache[key]
+
+    def ppg_pool(self, voiced: bool):
+        """Pool frames of one voicing grouped by their most likely phone: {phone: (keys, values)}, and all."""
+        key = ("ppg", voiced)
+        if key not in self._cache:
+            t = self.tensors
+            sel = t["pool_voiced"].astype(bool) == voiced
+            if sel.sum() < 16:
+                sel[:] = True
+            post = t["pool_ppg"].astype(np.float32)
+            keys = context_stack(post, tuple(self.meta["config"]["ppg_context"]), t["pool_clip"])[sel]
+            values = np.concatenate([t["pool_mc"][sel], t["pool_ap"][sel]], axis=1).astype(np.float64)
+            top = keys[:, : int(self.meta["ppg_phones"])].argmax(axis=1)
+            order = np.argsort(top, kind="stable")  # contiguous groups: the search reads slices, no copies
+            keys, values, top = np.ascontiguousarray(keys[order]), values[order], top[order]
+            bounds = np.searchsorted(top, np.arange(top.max() + 2))
+            groups = {a: (int(bounds[a]), int(bounds[a + 1])) for a in range(len(bounds) - 1) if bounds[a + 1] > bounds[a]}
+            self._cache[key] = (keys, values, groups, (keys * keys).sum(axis=1))
         return self._cache[key]
 
     @property
@@ -130,8 +161,8 @@ class VoiceModel:
 # ---------------------------------------------------------------- training
 
 
-def _analyse_clip(args: tuple[str, int, int]) -> dict:
-    path, fs, dims = args
+def _analyse_clip(args: tuple[str, int, int, dict | None]) -> dict:
+    path, fs, dims, ppg = args
     try:
         x = F.load_mono(path, fs)
         F.check_signal(x, fs, Path(path), min_seconds=0.1)
@@ -144,7 +175,10 @@ def _analyse_clip(args: tuple[str, int, int]) -> dict:
     cap = pyworld.code_aperiodicity(np.ascontiguousarray(w.ap), fs)
     voiced = (w.f0 > 0) & speech
     logsp = np.log(np.maximum(sp[voiced], 1e-16))
-    return {"mc": mc[speech].astype(np.float32), "ap": cap[speech].astype(np.float32), "voiced": voiced[speech],
+    extra = {}
+    if ppg is not None:  # phone posteriors of the speech frames; the context is stacked when the model loads
+        extra["ppg"] = ppg_features(x, fs, len(mc), ppg["scale"], ())[speech].astype(np.float16)
+    return {**extra, "mc": mc[speech].astype(np.float32), "ap": cap[speech].astype(np.float32), "voiced": voiced[speech],
             "f0": w.f0[w.f0 > 0],
             "ltas_sum": logsp.sum(axis=0), "ltas_n": int(voiced.sum()), "seconds": len(x) / fs}
 
@@ -185,7 +219,8 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
         raise ReenactError("dataset has no audio clips (run `reenact voice prepare` first)", dataset_dir)
     start = time.perf_counter()
     fs, dims = config.sample_rate, config.dims
-    jobs = [(str(p), fs, dims) for p in clips]
+    ppg = {"scale": config.ppg_scale, "context": tuple(config.ppg_context)} if config.method == "ppg" else None
+    jobs = [(str(p), fs, dims, ppg) for p in clips]
     if config.workers > 1 and len(jobs) > 4:
         with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
             parts = list(pool.map(_analyse_clip, jobs, chunksize=4))
@@ -210,13 +245,25 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
     lf0_mean, lf0_std, _ = F.lf0_stats(f0)
     ltas = sum(p["ltas_sum"] for p in parts) / max(1, sum(p["ltas_n"] for p in parts))
     rng = np.random.default_rng(config.seed)
-    keep = np.sort(rng.permutation(len(mc))[: config.max_pool]) if len(mc) > config.max_pool else np.arange(len(mc))
+    clip = np.concatenate([np.full(len(p["mc"]), i, np.int32) for i, p in enumerate(parts)])
+    if len(mc) <= config.max_pool:
+        keep = np.arange(len(mc))
+    elif ppg is not None:  # whole clips, so that each frame keeps its neighbours for the context
+        sizes = np.bincount(clip, minlength=len(parts))
+        order = rng.permutation(len(parts))
+        chosen = order[np.cumsum(sizes[order]) <= config.max_pool]
+        keep = np.nonzero(np.isin(clip, chosen))[0]
+    else:
+        keep = np.sort(rng.permutation(len(mc))[: config.max_pool])
     tensors = {
         "pool_mc": mc[keep].astype(np.float16),
         "pool_voiced": voiced[keep].astype(np.uint8),
         "pool_ap": ap[keep].astype(np.float16),
         "ltas": ltas.astype(np.float32),
     }
+    if ppg is not None:
+        tensors["pool_ppg"] = np.concatenate([p["ppg"] for p in parts])[keep]
+        tensors["pool_clip"] = clip[keep]
     for name, mask in (("voiced", voiced), ("unvoiced", ~voiced)):
         sel = mc[mask] if mask.sum() > 10 else mc
         tensors[f"mc_mean_{name}"] = sel.mean(axis=0).astype(np.float32)
@@ -225,6 +272,7 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
         "format": FORMAT, "version": 1, "method": config.method, "sample_rate": fs,
         "frame_period": F.FRAME_PERIOD, "dims": dims, "lf0_mean": lf0_mean, "lf0_std": lf0_std,
         "f0_median_hz": float(np.exp(lf0_mean)) if lf0_mean else 0.0,
+        "ppg_phones": len(load_phone_model().phones) if ppg is not None else 0,
         "config": asdict(config),
         "training": {"dataset": str(Path(dataset_dir).resolve()), "clips": len(parts),
                      "minutes": round(seconds / 60, 3), "speech_minutes": round(speech_seconds / 60, 3),
@@ -255,6 +303,70 @@ def convert_f0(f0: np.ndarray, model: VoiceModel, transpose: str | float = "auto
     ratio = t_std / std if n >= 20 and std > 1e-3 else 1.0
     out[v] = np.exp(t_mean + ratio * (np.log(f0[v]) - mean))
     return np.clip(out, 0, F.F0_CEIL * 1.5)
+
+
+def fill_f0_gaps(f0: np.ndarray, max_gap: int) -> np.ndarray:
+    """Interpolate log-F0 across unvoiced gaps of at most `max_gap` frames between voiced frames."""
+    out = f0.copy()
+    idx = np.nonzero(f0 > 0)[0]
+    if max_gap < 1 or len(idx) < 2:
+        return out
+    for i, j in zip(idx[:-1], idx[1:]):
+        if 1 < j - i <= max_gap:
+            out[i + 1 : j] = np.exp(np.interp(np.arange(i + 1, j), [i, j], np.log([f0[i], f0[j]])))
+    return out
+
+
+def ppg_features(x: np.ndarray, fs: int, n_frames: int, scale: float, context: tuple[int, ...]) -> np.ndarray:
+    """Phone posteriors per WORLD frame, with those `context` frames before and after (weight 0.7): (n_frames, P*(1+2C))."""
+    post = np.exp(posteriorgram(F.resample(x, fs, PPG_RATE), scale=scale))  # 10 ms frames
+    if len(post) == 0:
+        post = np.full((1, len(load_phone_model().phones)), 1.0 / len(load_phone_model().phones))
+    # WORLD frame t is centred at t * 5 ms; Sphinx frame i at i * 10 ms + 12.8 ms
+    pos = np.clip((np.arange(n_frames) * F.FRAME_PERIOD - 12.8) / 10.0, 0, len(post) - 1)
+    lo = np.minimum(np.floor(pos).astype(int), len(post) - 1)
+    hi = np.minimum(lo + 1, len(post) - 1)
+    frac = (pos - lo)[:, None]
+    return context_stack((1 - frac) * post[lo] + frac * post[hi], context)
+
+
+def context_stack(g: np.ndarray, context: tuple[int, ...], segment: np.ndarray | None = None) -> np.ndarray:
+    """Rows of `g` joined by 0.7 times the rows `context` frames before and after (within the same `segment`)."""
+    n = len(g)
+    idx = np.arange(n)
+    parts = [g]
+    for d in context:
+        for s in (-1, 1):
+            j = np.clip(idx + s * d, 0, n - 1)
+            if segment is not None:  # stay inside the clip: fall back to the frame itself
+                j = np.where(segment[j] == segment, j, idx)
+            parts.append(0.7 * g[j])
+    return np.concatenate(parts, axis=1)
+
+
+def _ppg_knn(query: np.ndarray, pool: tuple, k: int, n_phones: int) -> np.ndarray:
+    """Mean of the values of the k nearest pool frames (Euclidean on posteriors), searched among the pool
+    frames whose most likely phone is the query's."""
+    import torch  # its top-k is several times faster than numpy's argpartition
+
+    keys, values, groups, norms = pool
+    query = query.astype(np.float32)
+    top = query[:, :n_phones].argmax(axis=1)
+    out = np.empty((len(query), values.shape[1]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small products: threads only add overhead (10x slower on a busy machine)
+    try:
+        for a in np.unique(top):
+            rows = np.nonzero(top == a)[0]
+            lo, hi = groups.get(int(a), (0, 0))
+            if hi - lo < k:
+                lo, hi = 0, len(keys)
+            d = torch.from_numpy(norms[lo:hi])[None] - 2 * torch.from_numpy(query[rows]) @ torch.from_numpy(keys[lo:hi]).T
+            nn = torch.topk(d, min(k, hi - lo), dim=1, largest=False).indices.numpy()
+            out[rows] = values[lo + nn].mean(axis=1)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def _stats(mc: np.ndarray, mask: np.ndarray, fallback_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -296,10 +408,16 @@ def _moving_average(x: np.ndarray, n: int) -> np.ndarray:
     return uniform_filter1d(x, n, axis=0, mode="nearest") if n > 1 and len(x) > 1 else x
 
 
-def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Convert the envelope (and, for kNN methods, the aperiodicity) of `w` to the target speaker."""
+def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
+                     x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Convert the envelope (and, for kNN methods, the aperiodicity) of `w` to the target speaker.
+
+    The ``ppg`` method also needs the signal `x` (at the model's rate) that `w` analyses.
+    """
     method = method or model.method
     t, cfg = model.tensors, model.meta["config"]
+    if method == "ppg" and ("pool_ppg" not in t or x is None):
+        raise ReenactError("the ppg method needs a model trained with --method ppg and the input signal")
     fs = w.sample_rate
     speech = speech_frames(w.sp)
     voiced = w.f0 > 0
@@ -308,7 +426,7 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None) -
         log.debug("input band ends at %.0f Hz; extended flat above", edge * fs / 2 / (sp.shape[1] - 1))
     if method == "pitch":  # F0 conversion only: the driver's envelope and aperiodicity are kept
         return w.sp, w.ap
-    if method in ("warp", "warp-knn"):
+    if method in ("warp", "warp-knn", "ppg"):
         ratio = best_warp(sp, voiced & speech, t["ltas"], fs)
         log.debug("frequency warp ratio %.2f", ratio)
         sp = F.warp_envelope(sp, ratio)
@@ -318,6 +436,8 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None) -
     cap = pyworld.code_aperiodicity(np.ascontiguousarray(w.ap), fs)
     out_ap = cap.copy()
     m, k = int(cfg.get("match_dims", 24)), int(cfg.get("k", 4))
+    if method == "ppg":
+        ppg = ppg_features(x, fs, len(mc), float(cfg["ppg_scale"]), tuple(cfg["ppg_context"]))
     for name, mask in (("voiced", voiced & speech), ("unvoiced", ~voiced & speech)):
         if not mask.any():
             continue
@@ -327,15 +447,15 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None) -
         if method == "warp":
             out[mask, 1:] = mapped[:, 1:]
             continue
-        if method == "knn":
-            query = (mc[mask, 1:m] - mean_s[1:m]) / std_s[1:m]
+        if method == "ppg":
+            found = _ppg_knn(ppg[mask], model.ppg_pool(name == "voiced"), k, int(model.meta["ppg_phones"]))
         else:
-            query = (mapped[:, 1:m] - mean_t[1:m]) / std_t[1:m]
-        pool = model.pool(name == "voiced", m)
+            query = (mc[mask, 1:m] - mean_s[1:m]) / std_s[1:m] if method == "knn" else \
+                (mapped[:, 1:m] - mean_t[1:m]) / std_t[1:m]
+            found = _knn_mean(query, model.pool(name == "voiced", m), k)
         dims = mc.shape[1]
-        found = _knn_mean(query, pool, k)
         found_mc, found_ap = found[:, :dims], found[:, dims:]
-        if method == "warp-knn":
+        if method in ("warp-knn", "ppg"):
             b = float(cfg.get("blend", 1.0))
             found_mc[:, 1:] = b * found_mc[:, 1:] + (1 - b) * mapped[:, 1:]
         c0 = float(cfg.get("target_energy", 0.0))  # weight of the neighbours' level against the driver's
@@ -359,8 +479,9 @@ def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "au
     if peak < 1e-4:  # silence converts to silence
         return np.zeros_like(x)
     w = F.analyze(x, fs)
-    w.f0 = convert_f0(w.f0, model, transpose)
-    w.sp, w.ap = convert_spectrum(w, model, method)
+    sp, ap = convert_spectrum(w, model, method, x)
+    f0 = fill_f0_gaps(w.f0, int(model.meta["config"].get("f0_fill", 0)))
+    w = F.World(convert_f0(f0, model, transpose), sp, ap, fs, w.frame_period)
     y = F.synthesize(w)[: len(x)]
     y = np.pad(y, (0, len(x) - len(y)))
     rms_in, rms_out = np.sqrt(np.mean(x**2)), np.sqrt(np.mean(y**2)) + 1e-12

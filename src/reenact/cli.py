@@ -373,7 +373,7 @@ def voice_train(
                                 "sovits: the model folder (config.json, G_*.pth, D_*.pth; re-running resumes)."),
     backend: str = typer.Option("world", help="world (offline, about a minute on a CPU) or sovits (so-vits-svc 4.x, "
                                 "neural: a GPU is advised; fine-tunes from --base-g/--base-d)."),
-    method: str = typer.Option("warp-knn", help="world: spectral conversion: warp, knn or warp-knn (docs/voice.md)."),
+    method: str = typer.Option("ppg", help="world: spectral conversion: ppg, warp-knn, knn, warp or pitch (docs/voice.md)."),
     workers: int = typer.Option(2, help="world: processes analysing the clips."),
     steps: int = typer.Option(10000, help="sovits: train until this step (a resumed run continues to it)."),
     base_g: Optional[str] = typer.Option(None, "--base-g", help="sovits: base generator G_0.pth to fine-tune from "

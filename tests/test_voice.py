@@ -140,6 +140,15 @@ def test_model_file_is_safetensors_with_metadata(voice_model):
     assert model.tensors["pool_ppg"].shape == (len(model.tensors["pool_mc"]), 40)
 
 
+def test_ppg_pool_keeps_whole_clips(voice_model, tmp_path):
+    out = train_voice(voice_model.parent, tmp_path / "small.safetensors", TrainConfig(max_pool=3000, workers=1))
+    t = VoiceModel.load(out).tensors
+    assert len(t["pool_ppg"]) == len(t["pool_mc"]) == 3000
+    clip = t["pool_clip"]
+    assert np.all(np.diff(clip) >= 0)  # frames in order, grouped by clip
+    np.testing.assert_allclose(t["pool_ppg"].astype(np.float32).sum(axis=1), 1.0, atol=0.02)
+
+
 @pytest.mark.parametrize("method", ["warp", "knn", "warp-knn", "ppg"])
 def test_convert_maps_f0_and_keeps_timing(voice_model, driver_wav, tmp_path, method):
     model = VoiceModel.load(voice_model)

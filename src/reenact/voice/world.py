@@ -103,7 +103,8 @@ class VoiceModel:
         return self._cache[key]
 
     def ppg_pool(self, voiced: bool):
-        """Pool frames of one voicing grouped by their most likely phone: {phone: (keys, values)}, and all."""
+        """Pool frames of one voicing, sorted by their most likely phone: keys (posteriors with context),
+        values (cepstra + coded aperiodicity), {phone: (first row, end row)}, squared key norms."""
         key = ("ppg", voiced)
         if key not in self._cache:
             t = self.tensors
@@ -117,7 +118,7 @@ class VoiceModel:
             order = np.argsort(top, kind="stable")  # contiguous groups: the search reads slices, no copies
             keys, values, top = np.ascontiguousarray(keys[order]), values[order], top[order]
             bounds = np.searchsorted(top, np.arange(top.max() + 2))
-            groups = {a: (int(bounds[a]), int(bounds[a + 1])) for a in range(len(bounds) - 1) if bounds[a + 1] > bounds[a]}
+            groups = {a: (int(lo), int(hi)) for a, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo}
             self._cache[key] = (keys, values, groups, (keys * keys).sum(axis=1))
         return self._cache[key]
 
@@ -178,8 +179,8 @@ def _analyse_clip(args: tuple[str, int, int, dict | None]) -> dict:
     extra = {}
     if ppg is not None:  # phone posteriors of the speech frames; the context is stacked when the model loads
         extra["ppg"] = ppg_features(x, fs, len(mc), ppg["scale"], ())[speech].astype(np.float16)
-    return {**extra, "mc": mc[speech].astype(np.float32), "ap": cap[speech].astype(np.float32), "voiced": voiced[speech],
-            "f0": w.f0[w.f0 > 0],
+    return {**extra, "mc": mc[speech].astype(np.float32), "ap": cap[speech].astype(np.float32),
+            "voiced": voiced[speech], "f0": w.f0[w.f0 > 0],
             "ltas_sum": logsp.sum(axis=0), "ltas_n": int(voiced.sum()), "seconds": len(x) / fs}
 
 
@@ -248,11 +249,11 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
     clip = np.concatenate([np.full(len(p["mc"]), i, np.int32) for i, p in enumerate(parts)])
     if len(mc) <= config.max_pool:
         keep = np.arange(len(mc))
-    elif ppg is not None:  # whole clips, so that each frame keeps its neighbours for the context
+    elif ppg is not None:  # whole clips (in random order), so that each frame keeps its neighbours for the context
+        starts = np.searchsorted(clip, np.arange(len(parts)))
         sizes = np.bincount(clip, minlength=len(parts))
         order = rng.permutation(len(parts))
-        chosen = order[np.cumsum(sizes[order]) <= config.max_pool]
-        keep = np.nonzero(np.isin(clip, chosen))[0]
+        keep = np.sort(np.concatenate([np.arange(starts[c], starts[c] + sizes[c]) for c in order])[: config.max_pool])
     else:
         keep = np.sort(rng.permutation(len(mc))[: config.max_pool])
     tensors = {
@@ -318,7 +319,10 @@ def fill_f0_gaps(f0: np.ndarray, max_gap: int) -> np.ndarray:
 
 
 def ppg_features(x: np.ndarray, fs: int, n_frames: int, scale: float, context: tuple[int, ...]) -> np.ndarray:
-    """Phone posteriors per WORLD frame, with those `context` frames before and after (weight 0.7): (n_frames, P*(1+2C))."""
+    """Phone posteriors per WORLD frame, joined by those `context` frames before and after (weight 0.7).
+
+    Returns (n_frames, P * (1 + 2 * len(context))) for the model's P phones.
+    """
     post = np.exp(posteriorgram(F.resample(x, fs, PPG_RATE), scale=scale))  # 10 ms frames
     if len(post) == 0:
         post = np.full((1, len(load_phone_model().phones)), 1.0 / len(load_phone_model().phones))
@@ -361,7 +365,8 @@ def _ppg_knn(query: np.ndarray, pool: tuple, k: int, n_phones: int) -> np.ndarra
             lo, hi = groups.get(int(a), (0, 0))
             if hi - lo < k:
                 lo, hi = 0, len(keys)
-            d = torch.from_numpy(norms[lo:hi])[None] - 2 * torch.from_numpy(query[rows]) @ torch.from_numpy(keys[lo:hi]).T
+            q, kk = torch.from_numpy(query[rows]), torch.from_numpy(keys[lo:hi])
+            d = torch.from_numpy(norms[lo:hi])[None] - 2 * q @ kk.T
             nn = torch.topk(d, min(k, hi - lo), dim=1, largest=False).indices.numpy()
             out[rows] = values[lo + nn].mean(axis=1)
     finally:

@@ -13,12 +13,13 @@ pauses kept), about --seconds long, at 44.1 kHz; a synthetic harmonic signal wit
 is missing.
 
 Measured:
-- reenact: `SovitsVoice.convert` (chunks of at most 20 s split at pauses, every sample converted);
+- reenact: `SovitsVoice.convert` (chunks cut at pauses, two at a time on a 2-core CPU, every sample
+  converted), in float32 (the reference) and with the decoder in bfloat16 (`--dtype bfloat16`);
 - so-vits-svc-fork: `Svc.infer_silence`, the path of its `svc infer` command (pauses zeroed, each
   speech chunk padded by 0.5 s), in a subprocess running --fork-python with its `get_hubert_model`
   pointed at the same HuBERT folder;
 - both with dio F0, transpose 0, no F0 prediction; times exclude loading; real-time factor (RTF) =
-  seconds of compute per second of audio; best of --repeats runs, interleaved;
+  seconds of compute per second of audio; best of --repeats rounds, each running all three in turn;
 - agreement: one utterance through the fork's `Svc.infer` and reenact in a single chunk, same seed:
   the largest absolute difference of the audio (F0, content features and generator end to end).
 """
@@ -143,35 +144,47 @@ def main() -> None:
         t = time.perf_counter()
         voice = SovitsVoice.load(work / "model", content=work / "hubert", device="cpu")
         load_s = time.perf_counter() - t
+        fast = SovitsVoice.load(work / "model", content=work / "hubert", device="cpu", dtype="bfloat16")
         cfg = ConvertConfig(transpose=0, predict_f0=False)
-        ours = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            out = voice.convert(audio, cfg)
-            ours.append(time.perf_counter() - t)
+        times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+        outs = {}
+        fork_runs = []
+        for _ in range(args.repeats):  # interleaved with the fork's runs, so all see the same machine
+            for name, v in (("float32", voice), ("bfloat16", fast)):
+                t = time.perf_counter()
+                outs[name] = v.convert(audio, cfg)
+                times[name].append(time.perf_counter() - t)
+            if args.fork_python:
+                proc = subprocess.run([args.fork_python, "-c", FORK_SCRIPT, str(work), "1"], capture_output=True,
+                                      text=True)
+                if proc.returncode:
+                    sys.exit(f"so-vits-svc-fork run failed:\n{proc.stderr[-3000:]}")
+                fork_runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        out = outs["float32"]
+        rel = float(np.sqrt(np.mean((outs["bfloat16"] - out) ** 2) / np.mean(out ** 2)))
         result = {"seconds_of_speech": seconds, "template": args.template, "load_s": load_s,
-                  "reenact_rtf": min(ours) / seconds, "reenact_zero_fraction": float(np.mean(out == 0))}
-        print(f"reenact:          RTF {result['reenact_rtf']:.3f} (runs {', '.join(f'{s:.1f}' for s in ours)} s), "
-              f"load {load_s:.1f} s")
-
+                  "reenact_rtf": min(times["float32"]) / seconds, "reenact_bf16_rtf": min(times["bfloat16"]) / seconds,
+                  "bf16_relative_rms_difference": rel, "reenact_zero_fraction": float(np.mean(out == 0))}
+        print(f"reenact float32:  RTF {result['reenact_rtf']:.3f} (runs "
+              f"{', '.join(f'{s:.1f}' for s in times['float32'])} s), load {load_s:.1f} s")
+        print(f"reenact bfloat16: RTF {result['reenact_bf16_rtf']:.3f} (runs "
+              f"{', '.join(f'{s:.1f}' for s in times['bfloat16'])} s); differs from float32 by {rel:.2%} RMS")
         if args.fork_python:
-            proc = subprocess.run([args.fork_python, "-c", FORK_SCRIPT, str(work), str(args.repeats)],
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"so-vits-svc-fork run failed:\n{proc.stderr[-3000:]}")
-            fork = json.loads(proc.stdout.strip().splitlines()[-1])
+            fork = dict(fork_runs[-1], seconds=[r["seconds"][0] for r in fork_runs])
             result["fork_rtf"] = min(fork["seconds"]) / seconds
             result["fork_zero_fraction"] = fork["zero_fraction"]
             result["speedup"] = result["fork_rtf"] / result["reenact_rtf"]
+            result["speedup_bf16"] = result["fork_rtf"] / result["reenact_bf16_rtf"]
             print(f"so-vits-svc-fork: RTF {result['fork_rtf']:.3f} (runs "
                   f"{', '.join(f'{s:.1f}' for s in fork['seconds'])} s); exact zeros in its output "
                   f"{fork['zero_fraction']:.1%} (reenact {result['reenact_zero_fraction']:.1%})")
-            print(f"speed-up: {result['speedup']:.2f}x; our G_0.pth loaded strictly in the fork's SynthesizerTrn: "
+            print(f"speed-up: {result['speedup']:.2f}x float32, {result['speedup_bf16']:.2f}x bfloat16; "
+                  f"our G_0.pth loaded strictly in the fork's SynthesizerTrn: "
                   f"{fork['strict_load_of_our_checkpoint']}")
             result["fork_strict_load"] = fork["strict_load_of_our_checkpoint"]
             # one utterance, whole, same seed: end-to-end agreement
             ref = np.load(work / "fork_one.npy")
-            whole = ConvertConfig(transpose=0, predict_f0=False, chunk_seconds=1e9, context_seconds=0, seed=0)
+            whole = ConvertConfig(transpose=0, predict_f0=False, chunk_seconds=1e9, split_for_cores=False, seed=0)
             with torch.random.fork_rng():
                 mine = voice.convert(one, whole)
             n = min(len(ref), len(mine))

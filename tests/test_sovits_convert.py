@@ -20,7 +20,7 @@ from reenact.cli import app
 from reenact.errors import ReenactError
 from reenact.voice import content as C
 from reenact.voice.convert import convert_voice, detect_backend
-from reenact.voice.sovits_infer import ConvertConfig, SovitsVoice, split_chunks
+from reenact.voice.sovits_infer import ConvertConfig, SovitsVoice, plan_chunks, split_chunks
 
 FORK_TINY = Path(__file__).parent / "fixtures" / "sovits" / "fork_tiny"
 SR = 44100
@@ -65,12 +65,17 @@ def longest_zero_run(y: np.ndarray) -> int:
     return best
 
 
-def test_split_chunks_cut_in_pauses():
+def test_chunk_plan_and_cuts_in_pauses():
+    rate = SR / 512
+    assert plan_chunks(int(3 * rate), rate, 10) == 1
+    assert plan_chunks(int(5 * rate), rate, 10) == 2  # two cores share anything over 4 s
+    assert plan_chunks(int(25 * rate), rate, 10) == 4  # ceil(2.5) = 3, made even
+    assert plan_chunks(int(25 * rate), rate, 10, for_cores=False) == 3
     x = speech_like(10.0)
-    chunks = split_chunks(x, 512, int(3.0 * SR / 512))
-    assert chunks[0][0] == 0 and chunks[-1][1] == len(x) // 512
+    chunks = split_chunks(x, 512, 4)
+    assert len(chunks) == 4 and chunks[0][0] == 0 and chunks[-1][1] == len(x) // 512
     assert all(b == a2 for (_, b), (a2, _) in zip(chunks, chunks[1:]))
-    assert all(b - a <= int(3.0 * SR / 512) for a, b in chunks)
+    assert all(abs((b - a) - len(x) / 512 / 4) <= 0.5 * len(x) / 512 / 4 for a, b in chunks)
     for _, b in chunks[:-1]:  # each cut lands in a pause
         assert np.abs(x[b * 512 - 256:b * 512 + 256]).max() < 0.01
 
@@ -83,9 +88,12 @@ def test_chunked_conversion_keeps_length_and_pauses_and_is_deterministic(model_d
     assert y.shape == x.shape and np.isfinite(y).all()
     assert longest_zero_run(y) < 64  # pauses are converted, not zeroed
     np.testing.assert_array_equal(y, voice.convert(x, cfg))  # same seed, same output
+    torch.set_num_threads(2)  # chunks now converted two at a time in threads: still the same output
+    np.testing.assert_array_equal(y, voice.convert(x, ConvertConfig(chunk_seconds=2.5, context_seconds=0.3, workers=2)))
+    torch.set_num_threads(1)
     assert not np.array_equal(y, voice.convert(x, ConvertConfig(chunk_seconds=2.5, context_seconds=0.3, seed=1)))
     # a single chunk gives nearly the same audio away from the joins (this tiny model has little context)
-    whole = voice.convert(x, ConvertConfig(chunk_seconds=100))
+    whole = voice.convert(x, ConvertConfig(chunk_seconds=100, split_for_cores=False))
     assert np.corrcoef(whole, y)[0, 1] > 0.5
 
 
@@ -167,3 +175,15 @@ def test_make_with_a_sovits_subject(model_dir: Path, tmp_path: Path, example_por
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["backends"]["voice"] == "sovits"
     assert "+" in report["inputs"]["voice_model_sha256"]
+
+
+def test_bfloat16_decoder_stays_close_to_float32(model_dir: Path):
+    x = speech_like(2.0)
+    ref = SovitsVoice.load(model_dir, device="cpu").convert(x)
+    fast = SovitsVoice.load(model_dir, device="cpu", dtype="bfloat16")
+    assert fast.net_g.dec.conv_post.weight.dtype == torch.bfloat16
+    y = fast.convert(x)
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    assert np.sqrt(np.mean((y - ref) ** 2) / np.mean(ref ** 2)) < 0.03
+    with pytest.raises(ReenactError, match="dtype"):
+        SovitsVoice.load(model_dir, device="cpu", dtype="float16")

@@ -76,8 +76,9 @@ def test_parity_holds_in_float64(full_model, parity, monkeypatch):
     dim = 256 if legacy else 768
     model = model.double()  # the float32 formula weights, exactly
     try:
-        randn_like = torch.randn_like
-        monkeypatch.setattr(torch, "randn_like", lambda x, **kw: randn_like(x, dtype=torch.float32).to(x.dtype))
+        randn = torch.randn
+        monkeypatch.setattr(torch, "randn", lambda *size, dtype=None, **kw:
+                            randn(*size, dtype=torch.float32, **kw).to(dtype or torch.float32))
         torch.manual_seed(int(parity["seed"]))
         with torch.inference_mode():
             audio = model.infer(torch.from_numpy(parity[f"c{dim}"]).double(), torch.from_numpy(parity["f0"]).double(),
@@ -247,10 +248,11 @@ def test_batched_infer_with_lengths_matches_single(monkeypatch):
     model.load_state_dict(sovits.deterministic_state_dict(model, 1))
     model.eval()
     # no noise and no random initial phases, so that a batch row and a single run can be compared
-    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: torch.zeros_like(x))
-    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(*shape, **kw))
     t, short = 16, 11
     c, f0, uv = torch.randn(2, 16, t), torch.full((2, t), 180.0), torch.ones(2, t)
+    zeros = torch.zeros
+    monkeypatch.setattr(torch, "randn", lambda *shape, generator=None, **kw: zeros(*shape, **kw))
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None, **kw: zeros(*shape, **kw))
     c[1, :, short:], uv[1, short:] = 0, 0  # padding: zero content, unvoiced
     with torch.inference_mode():
         batch = model.infer(c, f0, uv, g=torch.tensor([[0], [1]]), c_lengths=torch.tensor([t, short]))
@@ -268,3 +270,15 @@ def test_seeded_init_equals_forks():
     ours = torch.cat([v.flatten() for v in model.state_dict().values()]).numpy()
     expected = np.load(FIXTURES / "fork_tiny" / "init_seed1234.npy")
     assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-6
+
+
+def test_infer_with_a_generator_equals_the_global_seed(full_model, parity):
+    """Chunks converted in parallel threads draw from their own generator: same audio as a global seed."""
+    legacy, model = full_model
+    dim = 256 if legacy else 768
+    args = (torch.from_numpy(parity[f"c{dim}"]), torch.from_numpy(parity["f0"]), torch.from_numpy(parity["uv"]))
+    with torch.inference_mode():
+        torch.manual_seed(7)
+        a = model.infer(*args, g=torch.zeros(1, 1, dtype=torch.long))
+        b = model.infer(*args, g=torch.zeros(1, 1, dtype=torch.long), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)

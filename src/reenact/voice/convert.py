@@ -47,7 +47,8 @@ def load_voice(model: Any, backend: str = "auto", options: dict | None = None) -
     if backend == "world":
         return VoiceModel.load(model)
     opts = options or {}
-    return SovitsVoice.load(model, content=opts.get("content"), device=opts.get("device"))
+    return SovitsVoice.load(model, content=opts.get("content"), device=opts.get("device"),
+                            dtype=opts.get("dtype") or "float32")
 
 
 def convert_array(x: np.ndarray, sr: int, voice: Any, transpose: str | float = "auto", options: dict | None = None,
@@ -60,7 +61,7 @@ def convert_array(x: np.ndarray, sr: int, voice: Any, transpose: str | float = "
     if isinstance(voice, world.VoiceModel):
         y = world.convert_array(F.resample(np.asarray(x, np.float64), sr, voice.sample_rate), voice, transpose)
         return y.astype(np.float32), voice.sample_rate
-    opts = {k: v for k, v in (options or {}).items() if k not in ("content", "device")}
+    opts = {k: v for k, v in (options or {}).items() if k not in ("content", "device", "dtype")}
     cfg = sovits_infer.ConvertConfig(transpose=transpose, **opts)
     return sovits_infer.convert_array(x, sr, voice, cfg, progress), voice.sample_rate
 

@@ -97,3 +97,14 @@ def example_portrait() -> Path:
 @pytest.fixture
 def example_driver() -> Path:
     return EXAMPLES / "driver.mp4"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny models: extra threads only contend with whatever else runs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

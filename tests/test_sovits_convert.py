@@ -22,17 +22,10 @@ from reenact.voice import content as C
 from reenact.voice.convert import convert_voice, detect_backend
 from reenact.voice.sovits_infer import ConvertConfig, SovitsVoice, plan_chunks, split_chunks
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 FORK_TINY = Path(__file__).parent / "fixtures" / "sovits" / "fork_tiny"
 SR = 44100
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from reenact.voice.sovits_train import (TEMPLATES, MultiPeriodDiscriminator, Tra
                                         discriminator_loss, feature_loss, generator_loss, kl_loss, make_config,
                                         mel_spectrogram, spec_to_mel, spectrogram, train_sovits)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 FIXTURES = Path(__file__).parent / "fixtures" / "sovits"
 TESTS = Path(__file__).parent
 
@@ -72,15 +73,6 @@ def make_dataset(folder: Path, n: int = 4, sr: int = 16000, seconds: float = 1.0
                       "loudness_lufs": -23.0, "snr_db": 40.0})
     (folder / "manifest.json").write_text(json.dumps({"config": {"sample_rate": sr}, "inputs": {}, "clips": clips}))
     return folder
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training steps are tiny: extra threads only contend with whatever else runs on the machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def scalars(logdir: Path, tag: str) -> dict[int, float]:

@@ -92,6 +92,8 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     start = time.perf_counter()
     audio = read_audio(input_path, mono=True)
     x = audio.mono().astype(np.float32)
+    if x.size and np.max(np.abs(x)) < 1e-4:
+        log.warning("%s: input is silent", input_path)
     try:
         y, sr = convert_array(x, audio.sample_rate, voice, transpose, options, progress)
     except ReenactError as exc:

@@ -511,28 +511,6 @@ def convert_audio(audio: Audio, model: VoiceModel | str | Path, transpose: str |
 def convert_voice(input_path: Path, model_path: Path | VoiceModel, out_path: Path,
                   transpose: str | float = "auto") -> Path:
     """Convert the speech of any audio or video file and write it as WAV or FLAC (by suffix)."""
-    import soundfile as sf
+    from reenact.voice.convert import convert_voice as convert_any
 
-    from reenact.media.video import check_output_path
-
-    input_path, out_path = Path(input_path), check_output_path(out_path)
-    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(out_path.suffix.lower())
-    if fmt is None:
-        raise ReenactError("output must end in .wav or .flac", out_path)
-    model = _as_model(model_path)
-    start = time.perf_counter()
-    x = F.load_mono(input_path, model.sample_rate)
-    F.check_signal(x, model.sample_rate, input_path)
-    if np.max(np.abs(x)) < 1e-4:
-        log.warning("%s: input is silent; writing silence", input_path)
-    y = convert_array(x, model, transpose)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial{out_path.suffix}")
-    try:
-        sf.write(str(tmp), y.astype(np.float32), model.sample_rate, format=fmt, subtype="PCM_16")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    took = time.perf_counter() - start
-    log.info("converted %.1f s of speech in %.2f s (real-time factor %.3f)", len(x) / model.sample_rate, took,
-             took / max(len(x) / model.sample_rate, 1e-9))
-    return out_path
+    return convert_any(input_path, _as_model(model_path), out_path, transpose, backend="world")

@@ -57,7 +57,10 @@ def test_cache_dir(monkeypatch, tmp_path):
 
 def test_registry_lists_licence():
     for info, _, _ in models.list_models():
-        assert info.name.startswith("lia-") and "CC BY-NC 4.0" in info.license
+        assert info.license and info.page
+        if info.name.startswith("lia-"):
+            assert "CC BY-NC 4.0" in info.license
+    assert "MIT" in models.get_model("contentvec").license
     with pytest.raises(ReenactError, match="unknown model"):
         models.get_model("nope")
 

@@ -41,9 +41,9 @@ def load_voice(model: Any, backend: str = "auto", options: dict | None = None) -
         return model
     if backend not in BACKENDS:
         raise ReenactError(f"unknown voice backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    backend = detect_backend(model) if backend == "auto" else backend
     if not Path(model).expanduser().exists():
         raise ReenactError("voice model not found", Path(model))
+    backend = detect_backend(model) if backend == "auto" else backend
     if backend == "world":
         return VoiceModel.load(model)
     opts = options or {}

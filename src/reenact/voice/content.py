@@ -80,10 +80,17 @@ class ContentEncoder:
     def load(cls, spec: str | Path, device: str = "cpu", legacy: bool = False) -> "ContentEncoder":
         """Load ContentVec from a folder (config.json + weights), a weights file, or the name 'contentvec'."""
         folder = resolve_contentvec(spec)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar per load would clutter the CLI's own progress display
         try:
             model, info = _hubert_class().from_pretrained(str(folder), output_loading_info=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ReenactError(f"cannot load ContentVec: {str(exc).splitlines()[0]}", folder) from exc
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         missing = [k for k in info.get("missing_keys", []) if legacy or not k.startswith("final_proj")]
         if missing or info.get("mismatched_keys"):
             raise ReenactError(f"not a ContentVec/HuBERT checkpoint: {len(missing)} weights missing "

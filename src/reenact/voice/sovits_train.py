@@ -61,6 +61,17 @@ def _norm(module: nn.Module, spectral: bool = False) -> nn.Module:
         return nn.utils.weight_norm(module)
 
 
+def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A discriminator's body: convolutions with leaky ReLU, then the score; returns (score, feature maps)."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return x.flatten(1), fmap
+
+
 class DiscriminatorP(nn.Module):
     """Period discriminator: the waveform folded into `period` columns, 2-D convolutions."""
 
@@ -79,14 +90,7 @@ class DiscriminatorP(nn.Module):
         b, c, t = x.shape
         if t % self.period:
             x = F.pad(x, (0, self.period - t % self.period), "reflect")
-        x = x.view(b, c, -1, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return x.flatten(1), fmap
+        return _conv_stack(self.convs, self.conv_post, x.view(b, c, -1, self.period))
 
 
 class DiscriminatorS(nn.Module):
@@ -102,13 +106,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = _norm(nn.Conv1d(chans[-1], 1, 3, 1, padding=1), use_spectral_norm)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return x.flatten(1), fmap
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):

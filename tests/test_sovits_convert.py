@@ -71,6 +71,19 @@ def test_chunk_plan_and_cuts_in_pauses():
     assert all(abs((b - a) - len(x) / 512 / 4) <= 0.5 * len(x) / 512 / 4 for a, b in chunks)
     for _, b in chunks[:-1]:  # each cut lands in a pause
         assert np.abs(x[b * 512 - 256:b * 512 + 256]).max() < 0.01
+    # ... the pause nearest the ideal cut, not merely the quietest frame: the cores finish together
+    assert all(abs((b - a) * 512 / SR - 10.0 / 4) < 1.5 for a, b in chunks)
+
+
+def test_f0_in_chunks_matches_the_whole_input(model_dir: Path):
+    voice = SovitsVoice.load(model_dir, device="cpu")
+    x = speech_like(9.0)
+    whole = C.compute_f0(x, SR, 512, "dio")
+    chunks = split_chunks(x, 512, 4)
+    pieces = voice._f0(x, chunks, int(0.5 * SR / 512), "dio", None)
+    assert pieces.shape == whole.shape
+    assert np.mean(np.abs(pieces - whole) < 1.0) > 0.98
+    np.testing.assert_array_equal(voice._f0(x, [(0, len(x) // 512)], 43, "dio", None), whole)  # one chunk: exact
 
 
 def test_chunked_conversion_keeps_length_and_pauses_and_is_deterministic(model_dir: Path):

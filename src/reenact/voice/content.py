@@ -65,6 +65,14 @@ def _fold_weight_norm(model: nn.Module) -> None:
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
 
 
+def _for_layout(model: nn.Module, legacy: bool) -> nn.Module:
+    """The legacy layout reads hidden state 9: drop transformer layers 10-12, which cannot reach it
+    (a quarter of the transformer's work)."""
+    if legacy:
+        model.encoder.layers = model.encoder.layers[:9]
+    return model
+
+
 @dataclass
 class ContentEncoder:
     model: nn.Module
@@ -96,7 +104,7 @@ class ContentEncoder:
             raise ReenactError(f"not a ContentVec/HuBERT checkpoint: {len(missing)} weights missing "
                                f"(e.g. {(missing or info['mismatched_keys'])[0]})", folder)
         _fold_weight_norm(model)
-        return cls(model.eval().to(device), legacy, device)
+        return cls(_for_layout(model, legacy).eval().to(device), legacy, device)
 
     @classmethod
     def random(cls, hidden: int = 32, layers: int = 2, proj: int = 16, legacy: bool = False,
@@ -111,7 +119,7 @@ class ContentEncoder:
         model = _hubert_class()(config)
         if fold:
             _fold_weight_norm(model)
-        return cls(model.eval(), legacy)
+        return cls(_for_layout(model, legacy).eval(), legacy)
 
     @torch.inference_mode()
     def encode(self, wav16k: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -207,11 +215,14 @@ def _resize_f0(f0: np.ndarray, frames: int) -> np.ndarray:
     return np.nan_to_num(target)
 
 
-def compute_f0(wav: np.ndarray, sr: int, hop: int, method: str = "dio", frames: int | None = None) -> np.ndarray:
-    """F0 in Hz per hop (0 = unvoiced), `frames` = len(wav) // hop values, as so-vits-svc-fork computes it."""
+def compute_f0(wav: np.ndarray, sr: int, hop: int, method: str = "dio", frames: int | None = None,
+               peak: float | None = None) -> np.ndarray:
+    """F0 in Hz per hop (0 = unvoiced), `frames` = len(wav) // hop values, as so-vits-svc-fork computes it.
+    The audio is first scaled by its 0.999 quantile of |x|; give `peak` (see `f0_peak`) to use that of the
+    whole input when `wav` is a piece of it."""
     frames = len(wav) // hop if frames is None else frames
     x = np.asarray(wav, dtype=np.float32)
-    peak = np.quantile(np.abs(x), 0.999) if len(x) else 0.0
+    peak = f0_peak(x) if peak is None else peak
     x = (x / peak if peak > 0 else x).astype(np.float64)
     if method in ("dio", "harvest"):
         import pyworld
@@ -230,6 +241,11 @@ def compute_f0(wav: np.ndarray, sr: int, hop: int, method: str = "dio", frames: 
         pad = (frames - len(f0) + 1) // 2
         return np.pad(f0, [(max(pad, 0), max(frames - len(f0) - pad, 0))])[:frames]
     raise ReenactError(f"unknown F0 method {method!r}; choose one of {', '.join(F0_METHODS)}")
+
+
+def f0_peak(wav: np.ndarray) -> float:
+    """The level compute_f0 scales its input by: the 0.999 quantile of |wav| (the fork's normalisation)."""
+    return float(np.quantile(np.abs(wav), 0.999)) if len(wav) else 0.0
 
 
 def get_features(wav: np.ndarray, sr: int, hop: int, encoder: ContentEncoder,

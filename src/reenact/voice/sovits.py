@@ -635,7 +635,7 @@ class SynthesizerTrn(nn.Module):
 
     def infer(self, c: Tensor, f0: Tensor, uv: Tensor, g: Tensor | None = None, noice_scale: float = 0.35,
               predict_f0: bool = False, c_lengths: Tensor | None = None,
-              generator: torch.Generator | None = None) -> Tensor:
+              generator: torch.Generator | None = None, dec_span: tuple[int, int] | None = None) -> Tensor:
         """c [B, ssl, T], f0 [B, T] Hz, uv [B, T] (1 voiced), g [B, 1] speaker ids -> audio [B, 1, T * hop].
 
         With predict_f0 the F0 decoder replaces f0 by its prediction for the speaker (the source's
@@ -647,7 +647,10 @@ class SynthesizerTrn(nn.Module):
         touch the last frame's F0, and through enc_p's attention, every frame slightly.
         generator (also an addition): draw the noise from it instead of torch's global generator, in
         the same order, so that threads converting chunks at once stay deterministic; a generator
-        seeded s gives the same audio as torch.manual_seed(s) on the global one."""
+        seeded s gives the same audio as torch.manual_seed(s) on the global one. dec_span (an addition
+        too): run the waveform decoder on frames [start, end) only, for a chunk whose outer context is
+        needed by the encoders (attention) but not by the decoder (whose reach is ~10 frames); the
+        audio is then [B, 1, (end - start) * hop]."""
         g = self.emb_g(g).transpose(1, 2)
         if c_lengths is None:
             x_mask = torch.ones(c.size(0), 1, c.size(2), dtype=c.dtype, device=c.device)
@@ -660,8 +663,10 @@ class SynthesizerTrn(nn.Module):
             pred_lf0 = self.f0_decoder(x, norm_lf0, x_mask, spk_emb=g)
             f0 = (700 * (torch.pow(10, pred_lf0 * 500 / 2595) - 1)).squeeze(1)
         z_p, _, _, _ = self.enc_p(x, x_mask, f0=f0_to_coarse(f0), noice_scale=noice_scale, generator=generator)
-        z = self.flow(z_p, x_mask, g=g, reverse=True)
-        return self.dec(z * x_mask, g=g, f0=f0, generator=generator)
+        z = self.flow(z_p, x_mask, g=g, reverse=True) * x_mask
+        if dec_span is not None:
+            z, f0 = z[..., dec_span[0]:dec_span[1]], f0[..., dec_span[0]:dec_span[1]]
+        return self.dec(z, g=g, f0=f0, generator=generator)
 
     def set_decoder_dtype(self, dtype: torch.dtype) -> SynthesizerTrn:
         """Run the waveform decoder's convolution stack in `dtype` (inference only; call after

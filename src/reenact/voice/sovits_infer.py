@@ -1,9 +1,11 @@
 """Conversion with a so-vits-svc 4.x model: a model folder (config.json + G_*.pth) in, speech out.
 
 Inputs are converted in chunks of about `chunk_seconds` at most (anything over 4 s in an even
-number of chunks), each cut at the quietest frame within a quarter chunk of its ideal, equal-length
-position. Each chunk is converted with `context_seconds` of audio on both sides and the chunks are
-joined by a short crossfade inside the quiet stretch. On a CPU the chunks are converted at once,
+number of chunks), each cut in a pause: within a quarter chunk of its ideal, equal-length position,
+the frame nearest that position among those within 6 dB of the quietest (so the chunks stay nearly
+equal and the cores finish together). Each chunk's content and F0 are encoded with `context_seconds`
+of audio on both sides, its waveform decoded with `decoder_context_seconds` (the decoder's reach is
+short), and the chunks are joined by a short crossfade inside the pause. On a CPU the chunks are converted at once,
 one per core, each with its own seeded noise generator: with these long, few-channel convolutions
 that is faster than one chunk at a time on all cores (see docs/sovits.md), and the output does not
 depend on the core count. Nothing is zeroed: pauses, breaths and room tone go through the model
@@ -48,7 +50,8 @@ class ConvertConfig:
     workers: int | None = None  # CPU: chunks converted at once (default: torch's thread count)
     batch_size: int | None = None  # chunks per batch (padded; c_lengths masks the encoders); default: 8 on a
     # GPU, 1 on a CPU. The decoder is unmasked, so the last ~0.1 s of a padded chunk's context differs slightly.
-    context_seconds: float = 0.5
+    context_seconds: float = 0.5  # audio on each side of a chunk seen by the content encoder and enc_p
+    decoder_context_seconds: float = 0.2  # of that, decoded to audio (the decoder reaches ~10 frames, 0.12 s)
     crossfade_seconds: float = 0.04
     seed: int = 0
 
@@ -147,35 +150,10 @@ class SovitsVoice:
         x = np.pad(x, (0, max(sr // 2 - len(x), 0)))  # very short input: pad to 0.5 s, cut again at the end
         x = np.pad(x, (0, (-len(x)) % hop))
         frames = len(x) // hop
-        f0, uv = C.interpolate_f0(C.compute_f0(x, sr, hop, cfg.f0_method, frames))
-        semitones, predict = self.shift(f0, uv, cfg)
-        f0 = f0 * 2 ** (semitones / 12)
-        log.info("F0 shift %+.2f semitones%s", semitones, "; F0 decoder on" if predict else "")
-        sid = torch.tensor([[self.speaker_id(cfg.speaker)]], device=self.device)
         chunks = split_chunks(x, hop, plan_chunks(frames, sr / hop, cfg.chunk_seconds, cfg.split_for_cores))
         ctx, half = int(cfg.context_seconds * sr / hop), int(cfg.crossfade_seconds * sr / 2)
-
-        def run(group: list[int]) -> list[np.ndarray]:
-            """Convert chunks as one batch (one chunk per call on a CPU; several on a GPU)."""
-            spans = [(max(chunks[k][0] - ctx, 0), min(chunks[k][1] + ctx, frames)) for k in group]
-            n = max(b0 - a0 for a0, b0 in spans)
-            with torch.inference_mode():
-                c = torch.zeros(len(group), self.encoder.dim, n)  # padding: zero content, unvoiced
-                f0b, uvb = np.zeros((len(group), n), np.float32), np.zeros((len(group), n), np.float32)
-                for i, (a0, b0) in enumerate(spans):
-                    c[i, :, :b0 - a0] = C.repeat_expand(
-                        self.encoder.encode(C.resample(x[a0 * hop:b0 * hop], sr, C.HUBERT_SR)), b0 - a0)
-                    f0b[i, :b0 - a0], uvb[i, :b0 - a0] = f0[a0:b0], uv[a0:b0]
-                lengths = torch.tensor([b0 - a0 for a0, b0 in spans], device=self.device)
-                gen = torch.Generator(device=self.device).manual_seed(cfg.seed + group[0])
-                y = self.net_g.infer(c.to(self.device), torch.as_tensor(f0b, device=self.device),
-                                     torch.as_tensor(uvb, device=self.device), g=sid.expand(len(group), 1),
-                                     noice_scale=cfg.noise_scale, predict_f0=predict, generator=gen,
-                                     c_lengths=lengths if len(group) > 1 else None)
-            y = y[:, 0].float().cpu().numpy()
-            return [y[i, :(b0 - a0) * hop] for i, (a0, b0) in enumerate(spans)]
-
-        out = np.zeros(len(x), dtype=np.float32)
+        dctx = min(ctx, max(int(cfg.decoder_context_seconds * sr / hop), math.ceil(half / hop) + 1))
+        sid = torch.tensor([[self.speaker_id(cfg.speaker)]], device=self.device)
         on_cpu = self.device == "cpu"
         workers = max(1, min(cfg.workers or torch.get_num_threads(), len(chunks))) if on_cpu else 1
         size = max(1, cfg.batch_size or (1 if on_cpu else 8))
@@ -183,19 +161,51 @@ class SovitsVoice:
         threads = torch.get_num_threads()
         pool = ThreadPoolExecutor(workers) if workers > 1 else None
         try:
+            f0, uv = C.interpolate_f0(self._f0(x, chunks, ctx, cfg.f0_method, pool))
+            semitones, predict = self.shift(f0, uv, cfg)
+            f0 = f0 * 2 ** (semitones / 12)
+            log.info("F0 shift %+.2f semitones%s", semitones, "; F0 decoder on" if predict else "")
+
+            def run(group: list[int]) -> list[tuple[int, np.ndarray]]:
+                """Convert chunks as one batch (one chunk per call on a CPU; several on a GPU):
+                (first frame, audio) for each."""
+                spans = [(max(chunks[k][0] - ctx, 0), min(chunks[k][1] + ctx, frames)) for k in group]
+                n = max(b0 - a0 for a0, b0 in spans)
+                # one chunk: decode only the chunk and dctx frames around it; a batch decodes whole rows
+                one = len(group) == 1
+                d0, d1 = (max(chunks[group[0]][0] - dctx, 0), min(chunks[group[0]][1] + dctx, frames)) if one else (0, 0)
+                with torch.inference_mode():
+                    c = torch.zeros(len(group), self.encoder.dim, n)  # padding: zero content, unvoiced
+                    f0b, uvb = np.zeros((len(group), n), np.float32), np.zeros((len(group), n), np.float32)
+                    for i, (a0, b0) in enumerate(spans):
+                        c[i, :, :b0 - a0] = C.repeat_expand(
+                            self.encoder.encode(C.resample(x[a0 * hop:b0 * hop], sr, C.HUBERT_SR)), b0 - a0)
+                        f0b[i, :b0 - a0], uvb[i, :b0 - a0] = f0[a0:b0], uv[a0:b0]
+                    lengths = torch.tensor([b0 - a0 for a0, b0 in spans], device=self.device)
+                    gen = torch.Generator(device=self.device).manual_seed(cfg.seed + group[0])
+                    y = self.net_g.infer(c.to(self.device), torch.as_tensor(f0b, device=self.device),
+                                         torch.as_tensor(uvb, device=self.device), g=sid.expand(len(group), 1),
+                                         noice_scale=cfg.noise_scale, predict_f0=predict, generator=gen,
+                                         c_lengths=None if one else lengths,
+                                         dec_span=(d0 - spans[0][0], d1 - spans[0][0]) if one else None)
+                y = y[:, 0].float().cpu().numpy()
+                if one:
+                    return [(d0, y[0])]
+                return [(a0, y[i, :(b0 - a0) * hop]) for i, (a0, b0) in enumerate(spans)]
+
             if pool is not None:  # one chunk per core: faster than one chunk on all cores (docs/sovits.md)
                 torch.set_num_threads(max(1, threads // workers))
             batches = pool.map(run, groups) if pool is not None else map(run, groups)
             results = (y for batch in batches for y in batch)
-            for k, ((a, b), y) in enumerate(zip(chunks, results)):
-                a0 = max(a - ctx, 0)
+            out = np.zeros(len(x), dtype=np.float32)
+            for k, ((a, b), (start, y)) in enumerate(zip(chunks, results)):
                 s0, s1 = max(a * hop - half, 0), min(b * hop + half, len(x))
                 w = np.ones(s1 - s0, dtype=np.float32)
                 if a > 0:
                     w[:2 * half] = np.linspace(0, 1, 2 * half, dtype=np.float32)
                 if b < frames:
                     w[-2 * half:] = np.linspace(1, 0, 2 * half, dtype=np.float32)
-                out[s0:s1] += w * y[s0 - a0 * hop:s1 - a0 * hop]
+                out[s0:s1] += w * y[s0 - start * hop:s1 - start * hop]
                 if progress:
                     progress(k + 1, len(chunks))
         finally:
@@ -203,6 +213,22 @@ class SovitsVoice:
                 pool.shutdown(cancel_futures=True)
                 torch.set_num_threads(threads)
         return out[:n_in]
+
+    def _f0(self, x: np.ndarray, chunks: list[tuple[int, int]], ctx: int, method: str,
+            pool: ThreadPoolExecutor | None) -> np.ndarray:
+        """Raw F0 of the whole input, computed chunk by chunk (with `ctx` frames of context, at the
+        whole input's level) in the pool's threads: pyworld lets go of the GIL. A single chunk gives the
+        fork's whole-input F0 exactly; near the joins of several it can differ by float rounding, and
+        rarely by a voicing decision."""
+        hop, frames, peak = self.hop, len(x) // self.hop, C.f0_peak(x)
+
+        def piece(chunk: tuple[int, int]) -> np.ndarray:
+            a, b = chunk
+            a0, b0 = max(a - ctx, 0), min(b + ctx, frames)
+            f0 = C.compute_f0(x[a0 * hop:b0 * hop], self.sample_rate, hop, method, b0 - a0, peak)
+            return f0[a - a0:b - a0]
+
+        return np.concatenate(list(pool.map(piece, chunks) if pool is not None else map(piece, chunks)))
 
 
 def plan_chunks(frames: int, rate: float, chunk_seconds: float, for_cores: bool = True) -> int:
@@ -217,7 +243,9 @@ def plan_chunks(frames: int, rate: float, chunk_seconds: float, for_cores: bool 
 
 
 def split_chunks(x: np.ndarray, hop: int, n: int) -> list[tuple[int, int]]:
-    """n frame ranges covering x, cut at the quietest frame within a quarter chunk of each ideal (equal) cut."""
+    """n frame ranges covering x. Each cut lies within a quarter chunk of its ideal (equal-length) position,
+    at the frame nearest that position among those within 6 dB of the quietest there: in a pause, and
+    with the chunks as equal as the pauses allow (the cores share them, so the longest sets the time)."""
     frames = len(x) // hop
     if n <= 1:
         return [(0, frames)]
@@ -228,7 +256,11 @@ def split_chunks(x: np.ndarray, hop: int, n: int) -> list[tuple[int, int]]:
     for k in range(1, n):
         ideal = round(k * frames / n)
         lo, hi = max(ideal - reach, cuts[-1] + 1), min(ideal + reach, frames - 1)
-        cuts.append(lo + int(np.argmin(energy[lo:hi + 1])) if hi >= lo else ideal)
+        if hi < lo:
+            cuts.append(ideal)
+            continue
+        quiet = np.flatnonzero(energy[lo:hi + 1] <= 4 * energy[lo:hi + 1].min() + 1e-12) + lo
+        cuts.append(int(quiet[np.argmin(np.abs(quiet - ideal))]))
     return list(zip(cuts, cuts[1:] + [frames]))
 
 

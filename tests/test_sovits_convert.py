@@ -179,10 +179,12 @@ def test_make_with_a_sovits_subject(model_dir: Path, tmp_path: Path, example_por
     assert load_subject("dora", root).voice_model == "voice/sovits"
     out = tmp_path / "out.mp4"
     result = runner.invoke(app, ["make", "--subject", "dora", "--driver", str(example_driver), "-o", str(out),
-                                 "--subjects-dir", str(root), "--no-measure"])
+                                 "--subjects-dir", str(root), "--no-measure", "--voice-dtype", "bfloat16",
+                                 "--seed", "3"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["backends"]["voice"] == "sovits"
+    assert report["settings"]["voice_options"] == {"dtype": "bfloat16", "seed": 3}
     assert "+" in report["inputs"]["voice_model_sha256"]
 
 

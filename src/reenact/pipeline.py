@@ -374,7 +374,9 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         "backends": {"motion": config.animate.backend, "voice": voice_backend if converted is not None else None},
         "settings": {"size": config.animate.size, "reference": config.animate.reference,
                      "reference_index": result.reference_index, "crf": config.animate.crf,
-                     "visible_label": config.animate.visible_label, "transpose": config.transpose},
+                     "visible_label": config.animate.visible_label, "transpose": config.transpose,
+                     "voice_options": {k: v for k, v in config.voice_options.items() if v is not None}
+                     if voice_backend == "sovits" else {}},
         "video": {"frames": result.frames, "fps": float(result.fps), "size": list(result.size),
                   "missing_face_frames": result.missing_frames, "audio": result.audio},
         "timings": {k: round(v, 3) for k, v in timings.items()},

@@ -390,7 +390,8 @@ def voice_train(
     checkpoint_interval: int = typer.Option(1000, help="sovits: steps between checkpoints."),
     keep: int = typer.Option(3, help="sovits: checkpoint pairs kept (0: all)."),
     content: str = typer.Option("contentvec", help="sovits: ContentVec folder, pytorch_model.bin or 'contentvec'."),
-    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest or parselmouth."),
+    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest, parselmouth, crepe or crepe-tiny "
+                                   "(crepe: `pip install --no-deps torchcrepe resampy`)."),
     device: str = typer.Option("auto", help="sovits: auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(1234, help="sovits: random seed."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
@@ -432,7 +433,8 @@ def voice_convert(
     transpose: str = typer.Option("auto", help="'auto' (map F0 to the target's range) or semitones, e.g. 12 or -3.5."),
     backend: str = typer.Option("auto", help="auto (by the model path), world or sovits."),
     speaker: Optional[str] = typer.Option(None, help="sovits: speaker name or id in the model (default: the first)."),
-    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest or parselmouth."),
+    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest, parselmouth, crepe or crepe-tiny "
+                                   "(crepe: `pip install --no-deps torchcrepe resampy`)."),
     predict_f0: Optional[bool] = typer.Option(None, "--predict-f0/--no-predict-f0", help="sovits: use the model's F0 "
                                               "decoder (default: only for 'auto' on a model without F0 statistics)."),
     noise_scale: float = typer.Option(0.4, help="sovits: scale of the prior's noise."),

@@ -11,7 +11,8 @@ and ``pytorch_model.bin``). `ContentEncoder.load` takes that folder, the ``.bin`
 the registry name ``contentvec`` (`reenact models fetch contentvec`). Features come at 50 frames/s
 from 16 kHz audio and are stretched (nearest frame) to the synthesizer's frame rate.
 
-F0: WORLD dio or harvest refined by StoneMask, or Praat's autocorrelation (parselmouth), at the
+F0: WORLD dio or harvest refined by StoneMask, Praat's autocorrelation (parselmouth), or CREPE
+(torchcrepe, full or tiny; optional: `pip install --no-deps torchcrepe resampy`), at the
 synthesizer's hop, computed the way so-vits-svc-fork computes it (input scaled by its 99.9th
 percentile, 50-1100 Hz), with unvoiced frames filled by linear interpolation and a separate
 voiced flag.
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 HUBERT_SR = 16000
 F0_MIN, F0_MAX = 50.0, 1100.0
-F0_METHODS = ("dio", "harvest", "parselmouth")
+F0_METHODS = ("dio", "harvest", "parselmouth", "crepe", "crepe-tiny")
 
 # lengyue233/content-vec-best is a HuBERT-base: transformers' HubertConfig defaults, plus the
 # projection to 256 dims that the legacy layout uses.
@@ -216,14 +217,22 @@ def _resize_f0(f0: np.ndarray, frames: int) -> np.ndarray:
 
 
 def compute_f0(wav: np.ndarray, sr: int, hop: int, method: str = "dio", frames: int | None = None,
-               peak: float | None = None) -> np.ndarray:
+               peak: float | None = None, device: str = "cpu") -> np.ndarray:
     """F0 in Hz per hop (0 = unvoiced), `frames` = len(wav) // hop values, as so-vits-svc-fork computes it.
     The audio is first scaled by its 0.999 quantile of |x|; give `peak` (see `f0_peak`) to use that of the
-    whole input when `wav` is a piece of it."""
+    whole input when `wav` is a piece of it. `device` is used by crepe only."""
     frames = len(wav) // hop if frames is None else frames
     x = np.asarray(wav, dtype=np.float32)
     peak = f0_peak(x) if peak is None else peak
-    x = (x / peak if peak > 0 else x).astype(np.float64)
+    x = x / peak if peak > 0 else x
+    if method in ("crepe", "crepe-tiny"):  # the fork's call: every frame voiced, no periodicity threshold
+        torchcrepe = _torchcrepe()
+        with torch.inference_mode():
+            f0 = torchcrepe.predict(torch.from_numpy(np.ascontiguousarray(x))[None], sr, hop, F0_MIN, F0_MAX,
+                                    "tiny" if method == "crepe-tiny" else "full", decoder=_crepe_viterbi,
+                                    batch_size=hop * 2, device=device, pad=True)
+        return _resize_f0(f0[0].cpu().float().numpy(), frames)
+    x = x.astype(np.float64)
     if method in ("dio", "harvest"):
         import pyworld
 
@@ -241,6 +250,50 @@ def compute_f0(wav: np.ndarray, sr: int, hop: int, method: str = "dio", frames: 
         pad = (frames - len(f0) + 1) // 2
         return np.pad(f0, [(max(pad, 0), max(frames - len(f0) - pad, 0))])[:frames]
     raise ReenactError(f"unknown F0 method {method!r}; choose one of {', '.join(F0_METHODS)}")
+
+
+def _torchcrepe():
+    """torchcrepe (CREPE with its weights in the wheel). It imports torchaudio only to read files, which is
+    never done here; torchaudio's wheels pin an older torch, so it need not be installed: a placeholder
+    stands in while torchcrepe is imported."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("torchcrepe")
+    except ModuleNotFoundError as exc:
+        if exc.name == "torchcrepe" or exc.name == "resampy":
+            raise ReenactError("F0 methods crepe and crepe-tiny need torchcrepe: `pip install --no-deps "
+                               "torchcrepe resampy` (--no-deps: its torchaudio requirement would replace torch)") from exc
+        if exc.name != "torchaudio":
+            raise
+    sys.modules["torchaudio"] = types.ModuleType("torchaudio")  # placeholder for torchcrepe.load.audio only
+    try:
+        for name in [m for m in sys.modules if m == "torchcrepe" or m.startswith("torchcrepe.")]:
+            del sys.modules[name]
+        return importlib.import_module("torchcrepe")
+    finally:
+        del sys.modules["torchaudio"]
+
+
+CREPE_CENTS_PER_BIN, CREPE_CENTS_BIN0 = 20.0, 1997.3794084376191
+
+
+def _crepe_viterbi(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchcrepe's Viterbi decoder (pitch bins over 360 x 20 cents, transitions of at most 11 bins), with
+    its dither (triangular, +-1 bin) drawn from a seeded generator instead of numpy's global one, so the
+    F0 is the same on every run and in every thread."""
+    import librosa
+
+    steps = np.arange(360)
+    transition = np.maximum(12 - np.abs(steps[None] - steps[:, None]), 0).astype(np.float64)
+    transition /= transition.sum(axis=1, keepdims=True)
+    probs = torch.softmax(logits, dim=1).cpu().numpy()
+    bins = np.array([librosa.sequence.viterbi(p, transition).astype(np.int64) for p in probs])
+    rng = np.random.default_rng(0)
+    cents = CREPE_CENTS_PER_BIN * (bins + rng.triangular(-1, 0, 1, bins.shape)) + CREPE_CENTS_BIN0
+    return torch.from_numpy(bins), torch.from_numpy(10 * 2 ** (cents / 1200)).to(logits.device)
 
 
 def f0_peak(wav: np.ndarray) -> float:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class ConvertConfig:
     transpose: str | float = "auto"  # "auto" or semitones
     speaker: str | int | None = None  # name or id in config.json's "spk"; default: the first
-    f0_method: str = "dio"  # dio, harvest or parselmouth
+    f0_method: str = "dio"  # dio, harvest, parselmouth, crepe or crepe-tiny (content.F0_METHODS)
     predict_f0: bool | None = None  # the F0 decoder's prediction; None: only when "auto" has no statistics
     noise_scale: float = 0.4
     chunk_seconds: float = 10.0  # longest chunk; inputs over 4 s are cut into an even number of chunks
@@ -225,7 +225,7 @@ class SovitsVoice:
         def piece(chunk: tuple[int, int]) -> np.ndarray:
             a, b = chunk
             a0, b0 = max(a - ctx, 0), min(b + ctx, frames)
-            f0 = C.compute_f0(x[a0 * hop:b0 * hop], self.sample_rate, hop, method, b0 - a0, peak)
+            f0 = C.compute_f0(x[a0 * hop:b0 * hop], self.sample_rate, hop, method, b0 - a0, peak, self.device)
             return f0[a - a0:b - a0]
 
         return np.concatenate(list(pool.map(piece, chunks) if pool is not None else map(piece, chunks)))

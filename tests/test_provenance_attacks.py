@@ -7,6 +7,7 @@ signed manifest). Attacks use the ffmpeg CLI as a user would.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,17 @@ from reenact.provenance.manifest import read_manifest
 from reenact.provenance.mark import mark_file
 from reenact.provenance.payload import Payload
 from reenact.provenance.verify import verify
+
+def _benchmark(name: str):
+    """A module of benchmarks/ (the tamper helpers are shared with benchmarks/provenance.py)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+flip_byte_in_packet = _benchmark("provenance").flip_byte_in_packet
 
 VIDEO_ATTACKS = {
     "h264_crf28": ["-c:v", "libx264", "-crf", "28"],
@@ -104,19 +116,6 @@ def test_audio_watermark_on_speech_survives(tmp_path: Path) -> None:
         for attack, (args, ext) in AUDIO_ATTACKS.items():
             attacked = ffmpeg(wav, args, tmp_path / f"attacked{ext}")
             assert audio_mark.detect_audio(attacked)[:2] == (True, payload), (name, attack)
-
-
-def flip_byte_in_packet(path: Path, kind: str) -> None:
-    """Flip one byte in the middle of the middle packet of the file's first `kind` ("video"/"audio") stream."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = getattr(container.streams, kind)[0]
-        packets = [(p.pos, p.size) for p in container.demux(stream) if p.size and p.pos is not None and p.pos >= 0]
-    pos, size = packets[len(packets) // 2]
-    data = bytearray(path.read_bytes())
-    data[pos + size // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("kind", ["video", "audio"])

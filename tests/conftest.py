@@ -89,6 +89,20 @@ class StillBackend:
         return np.stack([self.image] * len(frames))
 
 
+def _have_crepe() -> bool:
+    from reenact.errors import ReenactError
+    from reenact.voice.content import _torchcrepe
+
+    try:
+        _torchcrepe()
+        return True
+    except ReenactError:
+        return False
+
+
+needs_crepe = pytest.mark.skipif(not _have_crepe(), reason="torchcrepe not installed (make installs it with --no-deps)")
+
+
 @pytest.fixture
 def example_portrait() -> Path:
     return EXAMPLES / "portrait.png"

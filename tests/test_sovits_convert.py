@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
+from conftest import needs_crepe
 from reenact.cli import app
 from reenact.errors import ReenactError
 from reenact.voice import content as C
@@ -166,6 +167,16 @@ def test_cli_convert_and_errors(model_dir: Path, tmp_path: Path):
     result = runner.invoke(app, ["voice", "convert", str(src), "-m", str(model_dir), "-o", str(tmp_path / "c.wav"),
                                  "--speaker", "nobody"])
     assert result.exit_code == 2 and "nobody" in result.output
+
+
+@needs_crepe
+def test_crepe_f0_converts_deterministically(model_dir: Path):
+    voice = SovitsVoice.load(model_dir, device="cpu")
+    x = speech_like(5.0)
+    cfg = ConvertConfig(f0_method="crepe-tiny", chunk_seconds=2.5, workers=2)
+    y = voice.convert(x, cfg)
+    assert y.shape == x.shape and np.isfinite(y).all()
+    np.testing.assert_array_equal(y, voice.convert(x, cfg))  # torchcrepe's dither is seeded here
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import needs_crepe
 from reenact.errors import ReenactError
 from reenact.voice import content as C
 
@@ -27,15 +28,6 @@ def test_repeat_expand_nearest_and_cut():
     assert C.repeat_expand(c, 3)[0].tolist() == [0, 1, 2]
 
 
-def have_crepe() -> bool:
-    try:
-        C._torchcrepe()
-        return True
-    except ReenactError:
-        return False
-
-
-needs_crepe = pytest.mark.skipif(not have_crepe(), reason="torchcrepe not installed (make installs it with --no-deps)")
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=needs_crepe) if m.startswith("crepe") else m

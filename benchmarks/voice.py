@@ -30,14 +30,15 @@ from reenact.voice.world import TrainConfig, VoiceModel, convert_array, train_vo
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "assets" / "speech"
 
 
-def measure(name: str, items: list[tuple[Path, np.ndarray]], e_slt, e_kal, texts, wer0: dict) -> dict:
+def measure(name: str, items: list[tuple[Path, np.ndarray]], e_slt, e_kal, texts, wer0: dict,
+            ref_dir: Path = SPEECH / "corpus" / "slt_ref") -> dict:
     rows = []
     for path, y16 in items:
         e = E.embed(y16)
         row = {"file": path.name, "cos_slt": float(e @ e_slt), "cos_kal": float(e @ e_kal)}
         if name != "unconverted":
             row.update(E.f0_correlation(y16, E.load16(path)))
-            row["mcd_db"] = E.mel_cepstral_distortion(y16, E.load16(SPEECH / "corpus" / "slt_ref" / path.name))
+            row["mcd_db"] = E.mel_cepstral_distortion(y16, E.load16(ref_dir / path.name))
         if texts is not None:
             row["wer"] = wer0[path.stem] if name == "unconverted" else E.word_error_rate(texts[path.stem], E.transcribe(y16))
         rows.append(row)
@@ -47,11 +48,20 @@ def measure(name: str, items: list[tuple[Path, np.ndarray]], e_slt, e_kal, texts
             "wer": mean("wer"), "f0_corr": mean("f0_corr"), "mcd_db": mean("mcd_db"), "rows": rows}
 
 
+def config_value(default, value: str):
+    """A `--methods` option value, of the type of the model's config value (strings stay strings)."""
+    if isinstance(default, str):
+        return value
+    number = float(value) if "." in value else int(value)
+    return type(default)(number) if default is not None else number
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--speech", type=Path, default=SPEECH)
     ap.add_argument("--methods", default="pitch;warp;knn;warp-knn;warp-knn:blend=0.5",
-                    help="';'-separated METHOD[:key=value,...] (TrainConfig fields used in conversion)")
+                    help="';'-separated METHOD[:key=value,...] (TrainConfig fields used in conversion, e.g. "
+                    "'ppg;ppg:convert_f0=harvest')")
     ap.add_argument("--train-method", default=TrainConfig.method)
     ap.add_argument("--limit", type=int, default=50, help="kal_drive utterances measured")
     ap.add_argument("--no-wer", action="store_true", help="skip pocketsphinx (the slowest measure)")
@@ -86,14 +96,14 @@ def main() -> None:
     e_kal = E.speaker_embedding(sorted((corpus / "kal_drive").glob("*.flac")))
     originals = [(p, E.load16(p)) for p in kal]
     wer0 = {p.stem: E.word_error_rate(texts[p.stem], E.transcribe(x)) for p, x in originals} if texts else {}
-    results = [measure("unconverted", originals, e_slt, e_kal, texts, wer0)]
+    results = [measure("unconverted", originals, e_slt, e_kal, texts, wer0, corpus / "slt_ref")]
     defaults = dict(model.meta["config"])
     for spec in args.methods.split(";"):
         method, _, opts = spec.partition(":")
         model.meta["config"] = dict(defaults)
         for kv in filter(None, opts.split(",")):
             key, value = kv.split("=")
-            model.meta["config"][key] = type(defaults[key])(float(value) if "." in value else int(value))
+            model.meta["config"][key] = config_value(defaults.get(key), value)
         model._cache.clear()
         items, took, dur = [], 0.0, 0.0
         for p in kal:
@@ -103,7 +113,7 @@ def main() -> None:
             took += time.perf_counter() - t
             dur += len(x) / model.sample_rate
             items.append((p, F.resample(y, model.sample_rate, E.RATE)))
-        res = measure(spec, items, e_slt, e_kal, texts, wer0)
+        res = measure(spec, items, e_slt, e_kal, texts, wer0, corpus / "slt_ref")
         res["rtf"] = took / dur
         results.append(res)
     if args.sovits:
@@ -119,10 +129,12 @@ def main() -> None:
             took += time.perf_counter() - t
             dur += len(x16) / E.RATE
             items.append((p, F.resample(y.astype(np.float64), sr, E.RATE)))
-        res = measure(f"sovits {args.sovits.name}", items, e_slt, e_kal, texts, wer0)
+        res = measure(f"sovits {args.sovits.name}", items, e_slt, e_kal, texts, wer0, corpus / "slt_ref")
         res["rtf"] = took / dur
         results.append(res)
     report["results"] = results
+    model.meta["config"] = dict(defaults)  # the real recordings below use the model's own configuration
+    model._cache.clear()
 
     print(f"\n{len(kal)} kal_drive utterances -> slt (default method: {model.method})")
     print(f"{'method':24s} {'cos slt':>8s} {'cos kal':>8s} {'closer':>7s} {'WER':>6s} {'F0 corr':>8s} {'MCD dB':>7s} {'RTF':>6s}")

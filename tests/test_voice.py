@@ -81,6 +81,47 @@ def test_cepstrum_round_trip_and_warp():
     assert 290 <= edge <= 301 and filled[:, -1].min() > 1e-3
 
 
+def test_harvest_in_pieces_on_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyworld
+
+    x = speechlike(4, f0=110, seed=3)
+    n = len(pyworld.dio(x, 24000, frame_period=F.FRAME_PERIOD)[0])
+    cuts = F.quiet_cuts(x, 24000, n, 2)
+    assert len(cuts) == 3 and 0 < cuts[1] < n
+    cut = int(cuts[1] * F.FRAME_PERIOD / 1000 * 24000)
+    assert np.abs(x[cut - 120 : cut + 120]).max() < 0.01  # a pause
+    f0 = F.harvest_f0(x, 24000)
+    with ThreadPoolExecutor(2) as pool:
+        assert np.array_equal(F.harvest_f0(x, 24000, pool=pool), f0)  # the pieces do not depend on the threads
+    assert len(f0) == n and 0.8 < np.median(f0[f0 > 0]) / 110 < 1.25
+    one, two = F.analyze(x, 24000, f0_method="harvest"), F.analyze(x, 24000, f0_method="harvest", threads=2)
+    assert np.array_equal(one.f0, two.f0) and one.sp.shape == two.sp.shape == (n, 513)
+    assert F.analyze(x[:2400], 24000, f0_method="harvest", threads=2).f0.shape == F.analyze(x[:2400], 24000).f0.shape
+    with pytest.raises(ReenactError, match="unknown F0 method"):
+        F.analyze(x, 24000, f0_method="yin")
+
+
+def test_conversion_f0_method_harvest_and_old_models(voice_model, monkeypatch):
+    from reenact.voice import world
+
+    seen = []
+    analyze = F.analyze
+    monkeypatch.setattr(F, "analyze", lambda *a, **k: seen.append(k["f0_method"]) or analyze(*a, **k))
+    model = VoiceModel.load(voice_model)
+    assert model.meta["config"]["convert_f0"] == "dio"
+    model.meta["config"]["convert_f0"] = "harvest"
+    x = speechlike(2, f0=110, seed=4)
+    y = world.convert_array(x, model)
+    assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() > 0.01
+    monkeypatch.setattr(world, "conversion_threads", lambda: 2)  # Harvest's pieces and the posteriors on threads
+    assert np.array_equal(world.convert_array(x, model), y)
+    del model.meta["config"]["convert_f0"]  # a model file written before the option
+    world.convert_array(x, model)
+    assert seen == ["harvest", "harvest", "dio"]
+
+
 def test_prepare_splits_at_pauses_and_resumes(tmp_path):
     sr = 48000
     x = F.resample(speechlike(40, sr=16000, seed=1), 16000, sr)

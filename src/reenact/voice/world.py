@@ -26,6 +26,11 @@ All methods fill short unvoiced gaps (up to ``f0_fill`` frames) inside voiced st
 of the F0 track before synthesis: DIO drops voicing there, and the buzz-noise switching
 costs intelligibility.
 
+The driver's F0 is analysed with DIO by default (``convert_f0``); ``harvest`` voices more
+frames and raises the similarity, but did not lower the WER of ``ppg`` (docs/voice.md). Harvest
+runs on two pieces of the input cut at a quiet point, on two threads where two cores are
+available, beside the phone posteriors. Training always uses DIO.
+
 The model is one safetensors file; its metadata (key ``reenact``) is JSON: sample
 rate, method, statistics, training data summary.
 """
@@ -36,7 +41,7 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -71,6 +76,7 @@ class TrainConfig:
     ppg_context: tuple[int, ...] = (6, 12)  # ppg: frames (5 ms) either side whose posteriors join the query
     ppg_scale: float = 0.2  # ppg: acoustic score scale before the softmax (flattens the posteriors)
     f0_fill: int = 10  # unvoiced gaps of at most this many frames between voiced frames get interpolated F0
+    convert_f0: str = "dio"  # F0 analysis of the driver at conversion: "dio", or "harvest" (see docs/voice.md)
     max_pool: int = 120_000  # target frames kept for the search
     min_minutes: float = 1.0  # smaller datasets are refused
     workers: int = 2
@@ -414,14 +420,15 @@ def _moving_average(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
-                     x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     x: np.ndarray | None = None, ppg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Convert the envelope (and, for kNN methods, the aperiodicity) of `w` to the target speaker.
 
-    The ``ppg`` method also needs the signal `x` (at the model's rate) that `w` analyses.
+    The ``ppg`` method also needs the signal `x` (at the model's rate) that `w` analyses, or its
+    query posteriors `ppg` (`query_ppg`) when they were computed beforehand.
     """
     method = method or model.method
     t, cfg = model.tensors, model.meta["config"]
-    if method == "ppg" and ("pool_ppg" not in t or x is None):
+    if method == "ppg" and ("pool_ppg" not in t or (x is None and ppg is None)):
         raise ReenactError("the ppg method needs a model trained with --method ppg and the input signal")
     fs = w.sample_rate
     speech = speech_frames(w.sp)
@@ -441,8 +448,8 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
     cap = pyworld.code_aperiodicity(np.ascontiguousarray(w.ap), fs)
     out_ap = cap.copy()
     m, k = int(cfg.get("match_dims", 24)), int(cfg.get("k", 4))
-    if method == "ppg":
-        ppg = ppg_features(x, fs, len(mc), float(cfg["ppg_scale"]), tuple(cfg["ppg_context"]))
+    if method == "ppg" and (ppg is None or len(ppg) != len(mc)):
+        ppg = query_ppg(x, model, len(mc))
     for name, mask in (("voiced", voiced & speech), ("unvoiced", ~voiced & speech)):
         if not mask.any():
             continue
@@ -476,6 +483,38 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
     return cep.decode(out), ap
 
 
+def query_ppg(x: np.ndarray, model: VoiceModel, n_frames: int) -> np.ndarray:
+    """The ``ppg`` search query of each of the `n_frames` WORLD frames of `x` (posteriors with context)."""
+    cfg = model.meta["config"]
+    return ppg_features(x, model.sample_rate, n_frames, float(cfg["ppg_scale"]), tuple(cfg["ppg_context"]))
+
+
+def conversion_threads() -> int:
+    """Threads for one conversion: 2 where 2 cores are available (the F0 analysis is cut in two)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def analyze_driver(x: np.ndarray, model: VoiceModel, method: str) -> tuple[F.World, np.ndarray | None]:
+    """WORLD analysis of the driver with the model's conversion F0 method (``convert_f0``: DIO for models
+    trained before it), and for ``ppg`` the query posteriors, computed beside the analysis on 2 cores."""
+    fs = model.sample_rate
+    f0_method = str(model.meta["config"].get("convert_f0", "dio"))
+    threads = conversion_threads()
+    if method != "ppg" or "pool_ppg" not in model.tensors:
+        return F.analyze(x, fs, f0_method=f0_method, threads=threads), None
+    n_frames = 1 + int(len(x) / fs * 1000 / F.FRAME_PERIOD)  # as WORLD counts them
+    if threads < 2:
+        return F.analyze(x, fs, f0_method=f0_method), query_ppg(x, model, n_frames)
+    with ThreadPoolExecutor(1) as side:  # numpy and pyworld release the GIL
+        ppg = side.submit(query_ppg, x, model, n_frames)
+        w = F.analyze(x, fs, f0_method=f0_method, threads=threads)
+        return w, ppg.result()
+
+
 def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "auto",
                   method: str | None = None) -> np.ndarray:
     """Convert mono float speech at the model's sample rate; same length, same loudness."""
@@ -483,8 +522,8 @@ def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "au
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     if peak < 1e-4:  # silence converts to silence
         return np.zeros_like(x)
-    w = F.analyze(x, fs)
-    sp, ap = convert_spectrum(w, model, method, x)
+    w, ppg = analyze_driver(x, model, method or model.method)
+    sp, ap = convert_spectrum(w, model, method, x, ppg)
     f0 = fill_f0_gaps(w.f0, int(model.meta["config"].get("f0_fill", 0)))
     w = F.World(convert_f0(f0, model, transpose), sp, ap, fs, w.frame_period)
     y = F.synthesize(w)[: len(x)]

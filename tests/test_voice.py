@@ -279,6 +279,20 @@ def test_cli_voice_errors_are_one_line(tmp_path):
     r = subprocess.run(cli + ["voice", "train", str(tmp_path), "-o", str(tmp_path / "m.safetensors")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "dataset has no readable audio clips" in r.stderr.strip().splitlines()[-1]
+    r = subprocess.run(cli + ["voice", "train", str(tmp_path), "-o", str(tmp_path / "m.safetensors"),
+                              "--f0-method", "crepe"], capture_output=True, text=True)
+    assert r.returncode == 2 and "dio or harvest" in r.stderr.strip().splitlines()[-1]
     r = subprocess.run(cli + ["voice", "convert", str(tmp_path / "a.wav"), "-m", str(tmp_path / "a.wav"),
                               "-o", str(tmp_path / "o.wav")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_train_sets_the_conversion_f0(voice_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from reenact.cli import app
+
+    out = tmp_path / "h.safetensors"
+    r = CliRunner().invoke(app, ["voice", "train", str(voice_model.parent), "-o", str(out), "--f0-method", "harvest"])
+    assert r.exit_code == 0, r.output
+    assert VoiceModel.load(out).meta["config"]["convert_f0"] == "harvest"

@@ -391,7 +391,9 @@ def voice_train(
     keep: int = typer.Option(3, help="sovits: checkpoint pairs kept (0: all)."),
     content: str = typer.Option("contentvec", help="sovits: ContentVec folder, pytorch_model.bin or 'contentvec'."),
     f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest, parselmouth, crepe or crepe-tiny "
-                                   "(crepe: `pip install --no-deps torchcrepe resampy`)."),
+                                   "(crepe: `pip install --no-deps torchcrepe resampy`). world: the driver's F0 "
+                                   "analysis when converting, dio or harvest (harvest sounds more like the subject "
+                                   "but is less intelligible; docs/voice.md)."),
     device: str = typer.Option("auto", help="sovits: auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(1234, help="sovits: random seed."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
@@ -417,7 +419,9 @@ def voice_train(
         raise ReenactError(f"unknown voice backend {backend!r}; choose world or sovits")
     from reenact.voice.world import TrainConfig, VoiceModel, train_voice
 
-    path = train_voice(dataset, output, TrainConfig(method=method, workers=workers))
+    if f0_method not in ("dio", "harvest"):
+        raise ReenactError(f"--f0-method for the world backend is dio or harvest, not {f0_method!r}")
+    path = train_voice(dataset, output, TrainConfig(method=method, workers=workers, convert_f0=f0_method))
     t = VoiceModel.load(path).meta["training"]
     sys.stdout.write(f"{path}: {t['speech_minutes']:.1f} min of speech in {t['clips']} clips, "
                      f"trained in {t['seconds_to_train']:.0f} s\n")

@@ -89,3 +89,14 @@ def test_contentvec_loads_from_a_saved_folder(tmp_path):
     loaded = C.ContentEncoder.load(tmp_path / "cv")
     x = np.random.default_rng(1).normal(0, 0.1, 16000).astype(np.float32)
     torch.testing.assert_close(loaded.encode(x), enc.encode(x))
+
+
+def test_crepe_missing_says_how_to_install(monkeypatch):
+    import importlib
+
+    def missing(name, *args):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(ReenactError, match="pip install --no-deps torchcrepe resampy"):
+        C.compute_f0(np.zeros(44100, np.float32), 44100, 512, "crepe")

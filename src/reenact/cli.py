@@ -419,8 +419,10 @@ def voice_train(
         raise ReenactError(f"unknown voice backend {backend!r}; choose world or sovits")
     from reenact.voice.world import TrainConfig, VoiceModel, train_voice
 
-    if f0_method not in ("dio", "harvest"):
-        raise ReenactError(f"--f0-method for the world backend is dio or harvest, not {f0_method!r}")
+    from reenact.voice.features import F0_METHODS
+
+    if f0_method not in F0_METHODS:
+        raise ReenactError(f"--f0-method for the world backend is {' or '.join(F0_METHODS)}, not {f0_method!r}")
     path = train_voice(dataset, output, TrainConfig(method=method, workers=workers, convert_f0=f0_method))
     t = VoiceModel.load(path).meta["training"]
     sys.stdout.write(f"{path}: {t['speech_minutes']:.1f} min of speech in {t['clips']} clips, "

@@ -103,6 +103,11 @@ def _per_frames(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], t: np.ndarra
     return np.concatenate(list(pool.map(block, jobs)) if pool is not None else [block(ab) for ab in jobs])
 
 
+def world_frames(n_samples: int, fs: int, frame_period: float = FRAME_PERIOD) -> int:
+    """How many frames pyworld's analysis gives for `n_samples` at `fs`."""
+    return 1 + int(n_samples / fs * 1000 / frame_period)
+
+
 def quiet_cuts(x: np.ndarray, fs: int, n_frames: int, parts: int, frame_period: float = FRAME_PERIOD) -> list[int]:
     """Frame indices 0 < c_1 < ... < n_frames that cut `x` into `parts` pieces of similar length, each cut
     at the quietest 20 ms within +-35% of a piece around the even split."""
@@ -125,7 +130,7 @@ def harvest_f0(x: np.ndarray, fs: int, frame_period: float = FRAME_PERIOD, floor
     `overlap` seconds, so that `pool` can run them in parallel. The pieces do not depend on `pool`."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     hop = fs * frame_period / 1000
-    n_frames = 1 + int(len(x) / fs * 1000 / frame_period)  # as pyworld counts them
+    n_frames = world_frames(len(x), fs, frame_period)
     cuts = quiet_cuts(x, fs, n_frames, parts, frame_period)
     margin = int(round(overlap * 1000 / frame_period))
 

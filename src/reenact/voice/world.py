@@ -506,7 +506,7 @@ def analyze_driver(x: np.ndarray, model: VoiceModel, method: str) -> tuple[F.Wor
     threads = conversion_threads()
     if method != "ppg" or "pool_ppg" not in model.tensors:
         return F.analyze(x, fs, f0_method=f0_method, threads=threads), None
-    n_frames = 1 + int(len(x) / fs * 1000 / F.FRAME_PERIOD)  # as WORLD counts them
+    n_frames = F.world_frames(len(x), fs)
     if threads < 2:
         return F.analyze(x, fs, f0_method=f0_method), query_ppg(x, model, n_frames)
     with ThreadPoolExecutor(1) as side:  # numpy and pyworld release the GIL

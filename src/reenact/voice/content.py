@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -280,17 +281,24 @@ def _torchcrepe():
 CREPE_CENTS_PER_BIN, CREPE_CENTS_BIN0 = 20.0, 1997.3794084376191
 
 
+@lru_cache(maxsize=1)
+def _crepe_transition() -> np.ndarray:
+    """torchcrepe's Viterbi transition matrix: from each of 360 bins to those at most 11 bins away."""
+    steps = np.arange(360)
+    transition = np.maximum(12 - np.abs(steps[None] - steps[:, None]), 0).astype(np.float64)
+    transition /= transition.sum(axis=1, keepdims=True)
+    transition.flags.writeable = False
+    return transition
+
+
 def _crepe_viterbi(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torchcrepe's Viterbi decoder (pitch bins over 360 x 20 cents, transitions of at most 11 bins), with
     its dither (triangular, +-1 bin) drawn from a seeded generator instead of numpy's global one, so the
     F0 is the same on every run and in every thread."""
     import librosa
 
-    steps = np.arange(360)
-    transition = np.maximum(12 - np.abs(steps[None] - steps[:, None]), 0).astype(np.float64)
-    transition /= transition.sum(axis=1, keepdims=True)
     probs = torch.softmax(logits, dim=1).cpu().numpy()
-    bins = np.array([librosa.sequence.viterbi(p, transition).astype(np.int64) for p in probs])
+    bins = np.array([librosa.sequence.viterbi(p, _crepe_transition()).astype(np.int64) for p in probs])
     rng = np.random.default_rng(0)
     cents = CREPE_CENTS_PER_BIN * (bins + rng.triangular(-1, 0, 1, bins.shape)) + CREPE_CENTS_BIN0
     return torch.from_numpy(bins), torch.from_numpy(10 * 2 ** (cents / 1200)).to(logits.device)

@@ -1,6 +1,7 @@
 """Voice benchmark: prepare and train on slt_train, convert kal_drive, measure against slt_ref.
 
-    .venv/bin/python benchmarks/voice.py [--methods 'warp;knn;warp-knn:k=8'] [--limit 50] [--json out.json]
+    .venv/bin/python benchmarks/voice.py [--methods 'ppg-net;ppg-net:net.gv=0.5;ppg:convert_f0=dio'] [--limit 50]
+        [--json out.json]
 
 Prints, per spectral method: speaker similarity (resemblyzer cosine of each converted
 utterance to the slt and kal speaker embeddings, built from slt_ref and the kal
@@ -59,7 +60,7 @@ def config_value(default, value: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--speech", type=Path, default=SPEECH)
-    ap.add_argument("--methods", default="pitch;warp;knn;warp-knn;warp-knn:blend=0.5",
+    ap.add_argument("--methods", default="ppg-net;ppg:convert_f0=dio;pitch:convert_f0=dio;pitch",
                     help="';'-separated METHOD[:key=value,...] (TrainConfig fields used in conversion, e.g. "
                     "'ppg;ppg:convert_f0=harvest')")
     ap.add_argument("--train-method", default=TrainConfig.method)
@@ -103,7 +104,13 @@ def main() -> None:
         model.meta["config"] = dict(defaults)
         for kv in filter(None, opts.split(",")):
             key, value = kv.split("=")
-            model.meta["config"][key] = config_value(defaults.get(key), value)
+            if "." in key:  # a field of a nested configuration, e.g. net.gv=0.3
+                outer, inner = key.split(".", 1)
+                section = dict(model.meta["config"][outer])
+                section[inner] = config_value(section.get(inner), value)
+                model.meta["config"][outer] = section
+            else:
+                model.meta["config"][key] = config_value(defaults.get(key), value)
         model._cache.clear()
         items, took, dur = [], 0.0, 0.0
         for p in kal:

@@ -110,8 +110,7 @@ def test_conversion_f0_method_harvest_and_old_models(voice_model, monkeypatch):
     analyze = F.analyze
     monkeypatch.setattr(F, "analyze", lambda *a, **k: seen.append(k["f0_method"]) or analyze(*a, **k))
     model = VoiceModel.load(voice_model)
-    assert model.meta["config"]["convert_f0"] == "dio"
-    model.meta["config"]["convert_f0"] = "harvest"
+    assert model.meta["config"]["convert_f0"] == "harvest"  # "auto": harvest for ppg-net
     x = speechlike(2, f0=110, seed=4)
     y = world.convert_array(x, model)
     assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() > 0.01
@@ -173,12 +172,13 @@ def test_model_file_is_safetensors_with_metadata(voice_model):
     with safe_open(str(voice_model), framework="numpy") as f:
         meta = json.loads(f.metadata()["reenact"])
         assert "pool_mc" in f.keys()
-    assert meta["method"] == "ppg" and meta["sample_rate"] == 24000 and meta["ppg_phones"] == 40
+    assert meta["method"] == "ppg-net" and meta["sample_rate"] == 24000 and meta["ppg_phones"] == 40
     assert 200 < meta["f0_median_hz"] < 245
     assert meta["training"]["clips"] == 6 and meta["training"]["minutes"] == pytest.approx(1.5, abs=0.01)
     model = VoiceModel.load(voice_model)
     assert model.tensors["pool_mc"].shape[1] == 40
     assert model.tensors["pool_ppg"].shape == (len(model.tensors["pool_mc"]), 40)
+    assert model.tensors["net_4_weight"].shape == (39 + model.tensors["pool_ap"].shape[1], 256)
 
 
 def test_ppg_pool_keeps_whole_clips(voice_model, tmp_path):
@@ -190,7 +190,7 @@ def test_ppg_pool_keeps_whole_clips(voice_model, tmp_path):
     np.testing.assert_allclose(t["pool_ppg"].astype(np.float32).sum(axis=1), 1.0, atol=0.02)
 
 
-@pytest.mark.parametrize("method", ["warp", "knn", "warp-knn", "ppg"])
+@pytest.mark.parametrize("method", ["warp", "knn", "warp-knn", "ppg", "ppg-net"])
 def test_convert_maps_f0_and_keeps_timing(voice_model, driver_wav, tmp_path, method):
     model = VoiceModel.load(voice_model)
     model.meta["method"] = method
@@ -292,7 +292,12 @@ def test_cli_train_sets_the_conversion_f0(voice_model, tmp_path):
 
     from reenact.cli import app
 
-    out = tmp_path / "h.safetensors"
-    r = CliRunner().invoke(app, ["voice", "train", str(voice_model.parent), "-o", str(out), "--f0-method", "harvest"])
+    out = tmp_path / "d.safetensors"
+    r = CliRunner().invoke(app, ["voice", "train", str(voice_model.parent), "-o", str(out), "--f0-method", "dio",
+                                 "--workers", "1"])
     assert r.exit_code == 0, r.output
-    assert VoiceModel.load(out).meta["config"]["convert_f0"] == "harvest"
+    assert VoiceModel.load(out).meta["config"]["convert_f0"] == "dio"
+    r = CliRunner().invoke(app, ["voice", "train", str(voice_model.parent), "-o", str(out), "--method", "ppg",
+                                 "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert VoiceModel.load(out).meta["config"]["convert_f0"] == "dio"  # "auto": dio for the other methods

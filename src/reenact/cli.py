@@ -378,7 +378,8 @@ def voice_train(
                                 "sovits: the model folder (config.json, G_*.pth, D_*.pth; re-running resumes)."),
     backend: str = typer.Option("world", help="world (offline, about a minute on a CPU) or sovits (so-vits-svc 4.x, "
                                 "neural: a GPU is advised; fine-tunes from --base-g/--base-d)."),
-    method: str = typer.Option("ppg", help="world: spectral conversion: ppg, warp-knn, knn, warp or pitch (docs/voice.md)."),
+    method: str = typer.Option("ppg-net", help="world: spectral conversion: ppg-net, ppg, warp-knn, knn, warp or pitch "
+                               "(docs/voice.md)."),
     workers: int = typer.Option(2, help="world: processes analysing the clips."),
     steps: int = typer.Option(10000, help="sovits: train until this step (a resumed run continues to it)."),
     base_g: Optional[str] = typer.Option(None, "--base-g", help="sovits: base generator G_0.pth to fine-tune from "
@@ -390,10 +391,10 @@ def voice_train(
     checkpoint_interval: int = typer.Option(1000, help="sovits: steps between checkpoints."),
     keep: int = typer.Option(3, help="sovits: checkpoint pairs kept (0: all)."),
     content: str = typer.Option("contentvec", help="sovits: ContentVec folder, pytorch_model.bin or 'contentvec'."),
-    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest, parselmouth, crepe or crepe-tiny "
-                                   "(crepe: `pip install --no-deps torchcrepe resampy`). world: the driver's F0 "
-                                   "analysis when converting, dio or harvest (harvest sounds more like the subject "
-                                   "but is less intelligible; docs/voice.md)."),
+    f0_method: Optional[str] = typer.Option(None, help="sovits: F0 estimator: dio (default), harvest, parselmouth, crepe "
+                                             "or crepe-tiny (crepe: `pip install --no-deps torchcrepe resampy`). world: "
+                                             "the driver's F0 analysis when converting, dio or harvest (default: "
+                                             "harvest for ppg-net, dio for the other methods; docs/voice.md)."),
     device: str = typer.Option("auto", help="sovits: auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(1234, help="sovits: random seed."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
@@ -410,7 +411,7 @@ def voice_train(
         base = [resolve_checkpoint(b) if b else None for b in (base_g, base_d)]
         config = SovitsConfig(steps=steps, base_g=base[0], base_d=base[1], template=template, batch_size=batch_size,
                               checkpoint_interval=checkpoint_interval, keep_ckpts=keep, content=content,
-                              f0_method=f0_method, device=device, seed=seed)
+                              f0_method=f0_method or "dio", device=device, seed=seed)
         newest = train_sovits(dataset, output, config)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
             sys.stdout.write(f"{newest}\n")
@@ -421,9 +422,9 @@ def voice_train(
 
     from reenact.voice.features import F0_METHODS
 
-    if f0_method not in F0_METHODS:
+    if f0_method is not None and f0_method not in F0_METHODS:
         raise ReenactError(f"--f0-method for the world backend is {' or '.join(F0_METHODS)}, not {f0_method!r}")
-    path = train_voice(dataset, output, TrainConfig(method=method, workers=workers, convert_f0=f0_method))
+    path = train_voice(dataset, output, TrainConfig(method=method, workers=workers, convert_f0=f0_method or "auto"))
     t = VoiceModel.load(path).meta["training"]
     sys.stdout.write(f"{path}: {t['speech_minutes']:.1f} min of speech in {t['clips']} clips, "
                      f"trained in {t['seconds_to_train']:.0f} s\n")

@@ -17,19 +17,23 @@ its spectral envelope, and resynthesises with WORLD. Spectral methods:
   variance normalisation), then smoothed over time: the DSP ancestor of kNN-VC.
 - ``warp-knn``: the ``warp`` result is the query for the kNN search; the output is the
   neighbours' mean (``blend`` < 1 mixes the warped frame back in).
-- ``ppg`` (default, best by measurement, see docs/voice.md): the kNN search compares
-  phonetic posteriorgrams (phone posteriors of pocketsphinx's bundled acoustic model, see
-  ``phonetic.py``) of the frame and of its neighbours 30 and 60 ms away, instead of
-  cepstra: what is said, not who says it.
+- ``ppg``: the kNN search compares phonetic posteriorgrams (phone posteriors of
+  pocketsphinx's bundled acoustic model, see ``phonetic.py``) of the frame and of its
+  neighbours 30 and 60 ms away, instead of cepstra: what is said, not who says it.
+- ``ppg-net`` (default, best by measurement, see docs/voice.md): a small network maps the
+  posteriors and the driver's normalised cepstra, with context, to the target's cepstra;
+  it is trained on the target's frames shown frequency-warped as other speakers would be
+  (``ppgnet.py``). Averaged rather than spliced frames: more intelligible than ``ppg``.
 
 All methods fill short unvoiced gaps (up to ``f0_fill`` frames) inside voiced stretches
 of the F0 track before synthesis: DIO drops voicing there, and the buzz-noise switching
 costs intelligibility.
 
-The driver's F0 is analysed with DIO by default (``convert_f0``); ``harvest`` voices more
-frames and raises the similarity, but did not lower the WER of ``ppg`` (docs/voice.md). Harvest
-runs on two pieces of the input cut at a quiet point, on two threads where two cores are
-available, beside the phone posteriors. Training always uses DIO.
+The driver's F0 is analysed with Harvest for ``ppg-net`` and DIO for the other methods
+(``convert_f0="auto"``; the model file records the choice). Harvest voices more frames and raises
+the similarity, but did not lower the WER of ``ppg`` (docs/voice.md). Harvest runs on two pieces
+of the input cut at a quiet point, on two threads where two cores are available, beside the
+phone posteriors. Training always uses DIO.
 
 The model is one safetensors file; its metadata (key ``reenact``) is JSON: sample
 rate, method, statistics, training data summary.
@@ -42,7 +46,7 @@ import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -53,18 +57,21 @@ from safetensors.numpy import load_file, save_file
 from reenact.errors import ReenactError
 from reenact.media.audio import Audio
 from reenact.voice import features as F
+from reenact.voice import ppgnet
+from reenact.voice.ppgnet import NetConfig
 from reenact.voice.phonetic import RATE as PPG_RATE
 from reenact.voice.phonetic import load_phone_model, posteriorgram
 
 log = logging.getLogger(__name__)
 
 FORMAT = "reenact-voice-world"
-METHODS = ("pitch", "warp", "knn", "warp-knn", "ppg")
+METHODS = ("pitch", "warp", "knn", "warp-knn", "ppg", "ppg-net")
+PPG_METHODS = ("ppg", "ppg-net")  # methods that need the phone posteriors
 
 
 @dataclass
 class TrainConfig:
-    method: str = "ppg"
+    method: str = "ppg-net"
     sample_rate: int = 24000
     dims: int = 40  # mel-cepstral coefficients kept
     match_dims: int = 6  # coefficients 1..match_dims-1 are compared in the kNN search
@@ -76,7 +83,9 @@ class TrainConfig:
     ppg_context: tuple[int, ...] = (6, 12)  # ppg: frames (5 ms) either side whose posteriors join the query
     ppg_scale: float = 0.2  # ppg: acoustic score scale before the softmax (flattens the posteriors)
     f0_fill: int = 10  # unvoiced gaps of at most this many frames between voiced frames get interpolated F0
-    convert_f0: str = "dio"  # F0 analysis of the driver at conversion: "dio", or "harvest" (see docs/voice.md)
+    convert_f0: str = "auto"  # F0 analysis of the driver at conversion: "dio", "harvest", or "auto": harvest for
+    # ppg-net, dio for the others (by measurement, docs/voice.md); the model file records the one chosen
+    net: NetConfig = field(default_factory=NetConfig)  # ppg-net: the network and its training
     max_pool: int = 120_000  # target frames kept for the search
     min_minutes: float = 1.0  # smaller datasets are refused
     workers: int = 2
@@ -214,6 +223,8 @@ def dataset_clips(dataset_dir: Path) -> list[Path]:
 def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = None) -> Path:
     """Train a WORLD voice model on the clips of `dataset_dir`; write it to `out_path` (one file)."""
     config = config or TrainConfig()
+    if config.convert_f0 == "auto":
+        config = replace(config, convert_f0="harvest" if config.method == "ppg-net" else "dio")
     if config.method not in METHODS:
         raise ReenactError(f"unknown voice method {config.method!r}; choose one of {', '.join(METHODS)}")
     out_path = Path(out_path)
@@ -226,7 +237,7 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
         raise ReenactError("dataset has no audio clips (run `reenact voice prepare` first)", dataset_dir)
     start = time.perf_counter()
     fs, dims = config.sample_rate, config.dims
-    ppg = {"scale": config.ppg_scale, "context": tuple(config.ppg_context)} if config.method == "ppg" else None
+    ppg = {"scale": config.ppg_scale, "context": tuple(config.ppg_context)} if config.method in PPG_METHODS else None
     jobs = [(str(p), fs, dims, ppg) for p in clips]
     if config.workers > 1 and len(jobs) > 4:
         with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
@@ -271,6 +282,10 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
     if ppg is not None:
         tensors["pool_ppg"] = np.concatenate([p["ppg"] for p in parts])[keep]
         tensors["pool_clip"] = clip[keep]
+    if config.method == "ppg-net":
+        cep = F.cepstrum(fs, pyworld.get_cheaptrick_fft_size(fs) // 2 + 1, dims)
+        tensors.update(ppgnet.train(mc[keep], ap[keep], tensors["pool_ppg"], voiced[keep], clip[keep], cep,
+                                    config.net))
     for name, mask in (("voiced", voiced), ("unvoiced", ~voiced)):
         sel = mc[mask] if mask.sum() > 10 else mc
         tensors[f"mc_mean_{name}"] = sel.mean(axis=0).astype(np.float32)
@@ -428,8 +443,8 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
     """
     method = method or model.method
     t, cfg = model.tensors, model.meta["config"]
-    if method == "ppg" and ("pool_ppg" not in t or (x is None and ppg is None)):
-        raise ReenactError("the ppg method needs a model trained with --method ppg and the input signal")
+    if method in PPG_METHODS and (not has_method(model, method) or (x is None and ppg is None)):
+        raise ReenactError(f"the {method} method needs a model trained with --method {method} and the input signal")
     fs = w.sample_rate
     speech = speech_frames(w.sp)
     voiced = w.f0 > 0
@@ -438,18 +453,21 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
         log.debug("input band ends at %.0f Hz; extended flat above", edge * fs / 2 / (sp.shape[1] - 1))
     if method == "pitch":  # F0 conversion only: the driver's envelope and aperiodicity are kept
         return w.sp, w.ap
-    if method in ("warp", "warp-knn", "ppg"):
+    if method in ("warp", "warp-knn", "ppg", "ppg-net"):
         ratio = best_warp(sp, voiced & speech, t["ltas"], fs)
         log.debug("frequency warp ratio %.2f", ratio)
-        sp = F.warp_envelope(sp, ratio)
+        sp_in, sp = sp, F.warp_envelope(sp, ratio)
     cep = F.cepstrum(fs, sp.shape[1], int(model.meta["dims"]))
     mc = cep.encode(sp)
     out = mc.copy()
     cap = pyworld.code_aperiodicity(np.ascontiguousarray(w.ap), fs)
     out_ap = cap.copy()
     m, k = int(cfg.get("match_dims", 24)), int(cfg.get("k", 4))
-    if method == "ppg" and (ppg is None or len(ppg) != len(mc)):
-        ppg = query_ppg(x, model, len(mc))
+    if method in PPG_METHODS and (ppg is None or len(ppg) != len(mc)):
+        ppg = query_ppg(x, model, len(mc), method)
+    if method == "ppg-net":  # the network reads the driver's own (unwarped) cepstra
+        net_out = ppgnet.convert(t, cep.encode(sp_in), ppg, voiced, speech, float(cfg.get("net", {}).get("gv", 0.5)))
+        net_rows = np.cumsum(speech) - 1  # row of each speech frame in net_out
     for name, mask in (("voiced", voiced & speech), ("unvoiced", ~voiced & speech)):
         if not mask.any():
             continue
@@ -459,7 +477,9 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
         if method == "warp":
             out[mask, 1:] = mapped[:, 1:]
             continue
-        if method == "ppg":
+        if method == "ppg-net":
+            found = np.concatenate([np.zeros((int(mask.sum()), 1)), net_out[net_rows[mask]]], axis=1)
+        elif method == "ppg":
             found = _ppg_knn(ppg[mask], model.ppg_pool(name == "voiced"), k, int(model.meta["ppg_phones"]))
         else:
             query = (mc[mask, 1:m] - mean_s[1:m]) / std_s[1:m] if method == "knn" else \
@@ -467,7 +487,7 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
             found = _knn_mean(query, model.pool(name == "voiced", m), k)
         dims = mc.shape[1]
         found_mc, found_ap = found[:, :dims], found[:, dims:]
-        if method in ("warp-knn", "ppg"):
+        if method in ("warp-knn", "ppg", "ppg-net"):
             b = float(cfg.get("blend", 1.0))
             found_mc[:, 1:] = b * found_mc[:, 1:] + (1 - b) * mapped[:, 1:]
         c0 = float(cfg.get("target_energy", 0.0))  # weight of the neighbours' level against the driver's
@@ -483,10 +503,21 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
     return cep.decode(out), ap
 
 
-def query_ppg(x: np.ndarray, model: VoiceModel, n_frames: int) -> np.ndarray:
-    """The ``ppg`` search query of each of the `n_frames` WORLD frames of `x` (posteriors with context)."""
+def query_ppg(x: np.ndarray, model: VoiceModel, n_frames: int, method: str = "ppg") -> np.ndarray:
+    """The phone posteriors of each of the `n_frames` WORLD frames of `x`: for ``ppg`` the search query
+    (with the model's context), for ``ppg-net`` the frame's own (the network stacks its context)."""
     cfg = model.meta["config"]
-    return ppg_features(x, model.sample_rate, n_frames, float(cfg["ppg_scale"]), tuple(cfg["ppg_context"]))
+    context = tuple(cfg["ppg_context"]) if method == "ppg" else ()
+    return ppg_features(x, model.sample_rate, n_frames, float(cfg["ppg_scale"]), context)
+
+
+def has_method(model: VoiceModel, method: str) -> bool:
+    """Whether `model` holds what `method` needs (the ppg methods need tensors made at training)."""
+    if method == "ppg":
+        return "pool_ppg" in model.tensors
+    if method == "ppg-net":
+        return "net_0_weight" in model.tensors
+    return method in METHODS
 
 
 def conversion_threads() -> int:
@@ -504,13 +535,13 @@ def analyze_driver(x: np.ndarray, model: VoiceModel, method: str) -> tuple[F.Wor
     fs = model.sample_rate
     f0_method = str(model.meta["config"].get("convert_f0", "dio"))
     threads = conversion_threads()
-    if method != "ppg" or "pool_ppg" not in model.tensors:
+    if method not in PPG_METHODS or not has_method(model, method):
         return F.analyze(x, fs, f0_method=f0_method, threads=threads), None
     n_frames = F.world_frames(len(x), fs)
     if threads < 2:
-        return F.analyze(x, fs, f0_method=f0_method), query_ppg(x, model, n_frames)
+        return F.analyze(x, fs, f0_method=f0_method), query_ppg(x, model, n_frames, method)
     with ThreadPoolExecutor(1) as side:  # numpy and pyworld release the GIL
-        ppg = side.submit(query_ppg, x, model, n_frames)
+        ppg = side.submit(query_ppg, x, model, n_frames, method)
         w = F.analyze(x, fs, f0_method=f0_method, threads=threads)
         return w, ppg.result()
 

@@ -1,0 +1,172 @@
+"""The ``ppg-net`` spectral conversion: a small network from what is said to the target's spectrum.
+
+Input per frame: the driver's phone posteriors (``phonetic.py``) with their neighbours 10-80 ms away,
+and its mel-cepstra 1..19, normalised over the utterance, with neighbours 5-40 ms away. Output: the
+target's mel-cepstra 1..39 and coded aperiodicity. The network is an MLP with two hidden layers,
+trained in seconds on the model's pool of target frames.
+
+Trained on the target alone, the cepstral input would let the network copy its input. So every clip of
+the pool is also shown frequency-warped by a random ratio (``warp_range``), which moves the formants as
+a longer or shorter vocal tract would: the network learns to map any such speaker's cepstra, with the
+posteriors, back to the target's. This is speaker augmentation; the posteriors alone (PPG-VC, Sun et al.
+2016) lose the words the phone model misrecognises, the cepstra alone the target's timbre.
+
+Its output is an average over the target's frames, so it is less varied than real speech; ``gv`` scales
+each coefficient's spread over the utterance halfway back to the target's (global variance).
+
+The forward pass is numpy, so conversion does not import torch; training does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erf
+
+from reenact.voice import features as F
+
+log = logging.getLogger(__name__)
+
+CEP_DIMS = 20  # mel-cepstra 1..CEP_DIMS-1 are the acoustic input
+CEP_CONTEXT = (1, 2, 4, 8)  # frames (5 ms) either side
+PPG_CONTEXT = (2, 4, 6, 9, 12, 16)
+
+
+@dataclass
+class NetConfig:
+    hidden: int = 256
+    epochs: int = 8
+    copies: int = 3  # the pool once as it is and copies-1 times warped
+    warp_range: tuple[float, float] = (0.75, 1.05)  # frequency-warp ratios of the augmented copies
+    gv: float = 0.5  # 0: the network's output; 1: each coefficient's spread set to the target's
+    lr: float = 2e-3
+    batch: int = 512
+    seed: int = 0
+
+
+def normalised_cepstra(mc: np.ndarray, segment: np.ndarray | None = None) -> np.ndarray:
+    """Cepstra 1..CEP_DIMS-1 with zero mean and unit variance per segment (clip or utterance)."""
+    c = mc[:, 1:CEP_DIMS].astype(np.float64)
+    if segment is None:
+        segment = np.zeros(len(c), np.int64)
+    out = np.empty(c.shape, np.float32)
+    for s in np.unique(segment):
+        rows = segment == s
+        out[rows] = (c[rows] - c[rows].mean(axis=0)) / (c[rows].std(axis=0) + 1e-3)
+    return out
+
+
+def inputs(ncep: np.ndarray, post: np.ndarray, voiced: np.ndarray, segment: np.ndarray | None = None) -> np.ndarray:
+    """Network input rows: normalised cepstra and posteriors, each with its context, and the voicing flag."""
+    from reenact.voice.world import context_stack
+
+    return np.concatenate([context_stack(ncep.astype(np.float32), CEP_CONTEXT, segment),
+                           context_stack(post.astype(np.float32), PPG_CONTEXT, segment),
+                           voiced[:, None].astype(np.float32)], axis=1)
+
+
+def warp_matrix(cep: F.Cepstrum, ratio: float) -> np.ndarray:
+    """(dims, dims) matrix that frequency-warps mel-cepstra by `ratio` (formants at f move to f * ratio)."""
+    n = cep.n_bins
+    return cep.dec @ F.interp_matrix(np.arange(n) / ratio, n) @ cep.enc
+
+
+def train(mc: np.ndarray, ap: np.ndarray, post: np.ndarray, voiced: np.ndarray, clip: np.ndarray,
+          cep: F.Cepstrum, config: NetConfig | None = None) -> dict[str, np.ndarray]:
+    """Train on the pool (target frames of whole clips); returns the tensors to store (prefix ``net_``)."""
+    import torch
+
+    config = config or NetConfig()
+    start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    mc = mc.astype(np.float32)
+    clips, clip_index = np.unique(clip, return_inverse=True)
+    x = None
+    for copy in range(config.copies):
+        if copy == 0:
+            warped = mc
+        else:  # one ratio per clip, as one speaker would have
+            ratios = rng.uniform(*config.warp_range, size=len(clips))
+            grid = np.round(ratios, 2)
+            warped = np.empty_like(mc)
+            for r in np.unique(grid):
+                sel = grid[clip_index] == r
+                warped[sel] = mc[sel] @ warp_matrix(cep, float(r)).astype(np.float32)
+        rows = inputs(normalised_cepstra(warped, clip), post, voiced, clip)
+        if x is None:
+            x = np.empty((config.copies * len(mc), rows.shape[1]), np.float32)
+        x[copy * len(mc): (copy + 1) * len(mc)] = rows
+    y = np.tile(np.concatenate([mc[:, 1:], ap], axis=1).astype(np.float32), (config.copies, 1))
+    x_mean, x_std = x.mean(axis=0), x.std(axis=0) + 1e-3
+    y_mean, y_std = y.mean(axis=0), y.std(axis=0) + 1e-3
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, threads)))
+    try:
+        gen = torch.Generator().manual_seed(config.seed)
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(config.seed)  # the layers' initial weights
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], config.hidden), torch.nn.GELU(),
+                                  torch.nn.Linear(config.hidden, config.hidden), torch.nn.GELU(),
+                                  torch.nn.Linear(config.hidden, y.shape[1]))
+        torch.random.set_rng_state(torch_state)
+        x -= x_mean  # in place: x is the largest array here (copies x pool frames x 692 floats)
+        x /= x_std
+        xt = torch.from_numpy(x)
+        yt = torch.from_numpy((y - y_mean) / y_std)
+        n = len(xt)
+        per_epoch = max(1, n // config.batch)
+        opt = torch.optim.AdamW(net.parameters(), config.lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * per_epoch)
+        for epoch in range(config.epochs):
+            order = torch.randperm(n, generator=gen)
+            total = 0.0
+            for i in range(per_epoch):
+                rows = order[i * config.batch: (i + 1) * config.batch]
+                loss = torch.nn.functional.mse_loss(net(xt[rows]), yt[rows])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item()
+            log.debug("ppg-net epoch %d: loss %.3f", epoch, total / per_epoch)
+    finally:
+        torch.set_num_threads(threads)
+    tensors = {f"net_{name.replace('.', '_')}": p.detach().numpy().astype(np.float32)
+               for name, p in net.state_dict().items()}
+    tensors.update(net_x_mean=x_mean, net_x_std=x_std, net_y_mean=y_mean, net_y_std=y_std,
+                   net_y_spread=y[: len(mc)].std(axis=0))
+    log.info("ppg-net trained on %d frames (x%d) in %.1f s", len(mc), config.copies, time.perf_counter() - start)
+    return tensors
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
+def forward(t: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The network on input rows `x`; returns target cepstra 1..39 and coded aperiodicity per row."""
+    h = (x - t["net_x_mean"]) / t["net_x_std"]
+    for i in (0, 2):
+        h = _gelu(h @ t[f"net_{i}_weight"].T + t[f"net_{i}_bias"])
+    y = h @ t["net_4_weight"].T + t["net_4_bias"]
+    return y * t["net_y_std"] + t["net_y_mean"]
+
+
+def convert(t: dict[str, np.ndarray], mc: np.ndarray, post: np.ndarray, voiced: np.ndarray, speech: np.ndarray,
+            gv: float) -> np.ndarray:
+    """Target cepstra 1..39 and coded aperiodicity for the driver's speech frames.
+
+    `mc`, `post` and `voiced` cover every frame of the utterance; the cepstra are normalised over its
+    `speech` frames, and one row is returned per speech frame.
+    """
+    ncep = np.zeros((len(mc), CEP_DIMS - 1), np.float32)
+    ncep[speech] = normalised_cepstra(mc[speech])
+    y = forward(t, inputs(ncep, post, voiced)[speech])
+    if gv > 0 and len(y) > 1:
+        mean, spread = y.mean(axis=0), y.std(axis=0) + 1e-6
+        y = mean + (y - mean) * (1 - gv + gv * np.minimum(t["net_y_spread"] / spread, 3))
+    return y

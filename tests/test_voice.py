@@ -103,6 +103,14 @@ def test_harvest_in_pieces_on_threads():
         F.analyze(x, 24000, f0_method="yin")
 
 
+def test_quiet_cuts_prefer_the_pause_nearest_the_middle():
+    x = np.random.default_rng(0).normal(0, 0.1, 4 * 24000)
+    x[int(1.2 * 24000):int(1.3 * 24000)] *= 0.001  # the quietest pause, at 30%
+    x[int(2.0 * 24000):int(2.1 * 24000)] *= 0.0015  # 3.5 dB louder, in the middle
+    cuts = F.quiet_cuts(x, 24000, F.world_frames(len(x), 24000), 2)
+    assert 2.0 <= cuts[1] * F.FRAME_PERIOD / 1000 <= 2.1
+
+
 def test_conversion_f0_method_harvest_and_old_models(voice_model, monkeypatch):
     from reenact.voice import world
 

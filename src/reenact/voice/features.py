@@ -109,8 +109,9 @@ def world_frames(n_samples: int, fs: int, frame_period: float = FRAME_PERIOD) ->
 
 
 def quiet_cuts(x: np.ndarray, fs: int, n_frames: int, parts: int, frame_period: float = FRAME_PERIOD) -> list[int]:
-    """Frame indices 0 < c_1 < ... < n_frames that cut `x` into `parts` pieces of similar length, each cut
-    at the quietest 20 ms within +-35% of a piece around the even split."""
+    """Frame indices 0 < c_1 < ... < n_frames that cut `x` into `parts` pieces of similar length. Each cut
+    is in a pause within +-35% of a piece around the even split: the 20 ms frame nearest the even split
+    among those within 6 dB of the quietest there, so that the pieces, one per thread, take similar times."""
     if parts < 2 or len(x) < fs * parts:  # pieces under a second are not worth the overhead
         return [0, n_frames]
     db = frame_db(x, fs)  # 20 ms frames every 10 ms
@@ -118,7 +119,8 @@ def quiet_cuts(x: np.ndarray, fs: int, n_frames: int, parts: int, frame_period: 
     cuts = [0]
     for i in range(1, parts):
         lo, hi = int(span * (i - 0.35)), int(span * (i + 0.35))
-        j = lo + int(np.argmin(db[lo:hi]))
+        quiet = np.flatnonzero(db[lo:hi] <= db[lo:hi].min() + 6.0) + lo
+        j = int(quiet[np.argmin(np.abs(quiet - span * i))])
         cuts.append(int(round((j * 10 + 10) / frame_period)))  # centre of the 20 ms frame
     return cuts + [n_frames]
 

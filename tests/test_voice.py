@@ -186,7 +186,7 @@ def test_model_file_is_safetensors_with_metadata(voice_model):
     model = VoiceModel.load(voice_model)
     assert model.tensors["pool_mc"].shape[1] == 40
     assert model.tensors["pool_ppg"].shape == (len(model.tensors["pool_mc"]), 40)
-    assert model.tensors["net_4_weight"].shape == (39 + model.tensors["pool_ap"].shape[1], 256)
+    assert model.tensors["net_4_weight"].shape == (2, 39 + model.tensors["pool_ap"].shape[1], 256)
 
 
 def test_ppg_pool_keeps_whole_clips(voice_model, tmp_path):

@@ -45,24 +45,29 @@ def test_training_is_deterministic_and_numpy_matches_torch():
     import torch
 
     cep = F.cepstrum(FS, BINS, 40)
-    cfg = ppgnet.NetConfig(hidden=16, epochs=2, batch=64)
+    cfg = ppgnet.NetConfig(nets=2, hidden=16, epochs=2, batch=64)
     a = ppgnet.train(*toy_pool(), cep, cfg)
     b = ppgnet.train(*toy_pool(), cep, cfg)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and a["net_0_weight"].shape[0] == 2
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    x = ppgnet.inputs(ppgnet.normalised_cepstra(toy_pool()[0]), toy_pool()[2], toy_pool()[3])
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.GELU(), torch.nn.Linear(16, 16),
-                              torch.nn.GELU(), torch.nn.Linear(16, 42))
-    net.load_state_dict({k: torch.from_numpy(a[f"net_{k.replace('.', '_')}"]) for k in net.state_dict()})
-    with torch.no_grad():
-        want = net(torch.from_numpy((x - a["net_x_mean"]) / a["net_x_std"])).numpy() * a["net_y_std"] + a["net_y_mean"]
-    np.testing.assert_allclose(ppgnet.forward(a, x), want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(a[k], b[k])  # the two members train on two threads
+    assert not np.array_equal(a["net_0_weight"][0], a["net_0_weight"][1])  # each member its own seed
+    mc, _, post, voiced, _ = toy_pool()
+    x = ppgnet.inputs(ppgnet.normalised_cepstra(mc), post, voiced)
+    want = 0
+    for m in range(2):
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.GELU(), torch.nn.Linear(16, 16),
+                                  torch.nn.GELU(), torch.nn.Linear(16, 42))
+        net.load_state_dict({k: torch.from_numpy(a[f"net_{k.replace('.', '_')}"][m]) for k in net.state_dict()})
+        with torch.no_grad():
+            h = torch.from_numpy((x - a["net_x_mean"][m]) / a["net_x_std"][m])
+            want = want + net(h).numpy() * a["net_y_std"][m] + a["net_y_mean"][m]
+    np.testing.assert_allclose(ppgnet.forward(a, x), want / 2, rtol=1e-4, atol=1e-4)
 
 
 def test_convert_rows_and_global_variance():
     cep = F.cepstrum(FS, BINS, 40)
-    t = ppgnet.train(*toy_pool(), cep, ppgnet.NetConfig(hidden=16, epochs=1, batch=64))
+    t = ppgnet.train(*toy_pool(), cep, ppgnet.NetConfig(nets=1, hidden=16, epochs=1, batch=64))
     mc, _, post, voiced, _ = toy_pool(n_clips=1, frames=200, seed=3)
     speech = np.ones(len(mc), bool)
     speech[:30] = False

@@ -3,7 +3,9 @@
 Input per frame: the driver's phone posteriors (``phonetic.py``) with their neighbours 10-80 ms away,
 and its mel-cepstra 1..19, normalised over the utterance, with neighbours 5-40 ms away. Output: the
 target's mel-cepstra 1..39 and coded aperiodicity. The network is an MLP with two hidden layers,
-trained in seconds on the model's pool of target frames.
+trained in seconds on the model's pool of target frames. Two of them, from different seeds, are trained
+side by side (one per core) and their outputs averaged: the seed moved a single network's WER by
+several points, and the pair is more intelligible than either (docs/voice.md).
 
 Trained on the target alone, the cepstral input would let the network copy its input. So every clip of
 the pool is also shown frequency-warped by a random ratio (``warp_range``), which moves the formants as
@@ -37,6 +39,7 @@ PPG_CONTEXT = (2, 4, 6, 9, 12, 16)
 
 @dataclass
 class NetConfig:
+    nets: int = 2  # members of the ensemble, trained side by side on two threads; their outputs are averaged
     hidden: int = 256
     epochs: int = 8
     copies: int = 3  # the pool once as it is and copies-1 times warped
@@ -74,72 +77,97 @@ def warp_matrix(cep: F.Cepstrum, ratio: float) -> np.ndarray:
     return cep.dec @ F.interp_matrix(np.arange(n) / ratio, n) @ cep.enc
 
 
-def train(mc: np.ndarray, ap: np.ndarray, post: np.ndarray, voiced: np.ndarray, clip: np.ndarray,
-          cep: F.Cepstrum, config: NetConfig | None = None) -> dict[str, np.ndarray]:
-    """Train on the pool (target frames of whole clips); returns the tensors to store (prefix ``net_``)."""
-    import torch
-
-    config = config or NetConfig()
-    start = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
-    mc = mc.astype(np.float32)
+def augmented(mc: np.ndarray, post: np.ndarray, voiced: np.ndarray, clip: np.ndarray, cep: F.Cepstrum,
+              config: NetConfig, seed: int) -> np.ndarray:
+    """Input rows of the pool, `config.copies` times: as it is, then warped by a random ratio per clip
+    (one ratio per clip, as one speaker would have). float16, to halve the largest array of training."""
+    rng = np.random.default_rng(seed)
     clips, clip_index = np.unique(clip, return_inverse=True)
     x = None
     for copy in range(config.copies):
-        if copy == 0:
-            warped = mc
-        else:  # one ratio per clip, as one speaker would have
-            ratios = rng.uniform(*config.warp_range, size=len(clips))
-            grid = np.round(ratios, 2)
+        warped = mc
+        if copy > 0:
+            grid = np.round(rng.uniform(*config.warp_range, size=len(clips)), 2)
             warped = np.empty_like(mc)
             for r in np.unique(grid):
                 sel = grid[clip_index] == r
                 warped[sel] = mc[sel] @ warp_matrix(cep, float(r)).astype(np.float32)
         rows = inputs(normalised_cepstra(warped, clip), post, voiced, clip)
         if x is None:
-            x = np.empty((config.copies * len(mc), rows.shape[1]), np.float32)
+            x = np.empty((config.copies * len(mc), rows.shape[1]), np.float16)
         x[copy * len(mc): (copy + 1) * len(mc)] = rows
-    y = np.tile(np.concatenate([mc[:, 1:], ap], axis=1).astype(np.float32), (config.copies, 1))
-    x_mean, x_std = x.mean(axis=0), x.std(axis=0) + 1e-3
+    return x
+
+
+def _fit(net, x: np.ndarray, y: np.ndarray, config: NetConfig, seed: int) -> dict[str, np.ndarray]:
+    """Train one member on input rows `x` (float16) and targets `y`; returns its weights and normalisation."""
+    import torch
+
+    x_mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    x_std = (x.std(axis=0, dtype=np.float64) + 1e-3).astype(np.float32)
     y_mean, y_std = y.mean(axis=0), y.std(axis=0) + 1e-3
+    xt, yt = torch.from_numpy(x), torch.from_numpy((y - y_mean) / y_std)
+    mean, std = torch.from_numpy(x_mean), torch.from_numpy(x_std)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(xt)
+    per_epoch = max(1, n // config.batch)
+    opt = torch.optim.AdamW(net.parameters(), config.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * per_epoch)
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(per_epoch):
+            rows = order[i * config.batch: (i + 1) * config.batch]
+            loss = torch.nn.functional.mse_loss(net((xt[rows].float() - mean) / std), yt[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        log.debug("ppg-net member %d, epoch %d: loss %.3f", seed, epoch, total / per_epoch)
+    out = {name.replace(".", "_"): p.detach().numpy().astype(np.float32) for name, p in net.state_dict().items()}
+    return {**out, "x_mean": x_mean, "x_std": x_std, "y_mean": y_mean, "y_std": y_std}
+
+
+def train(mc: np.ndarray, ap: np.ndarray, post: np.ndarray, voiced: np.ndarray, clip: np.ndarray,
+          cep: F.Cepstrum, config: NetConfig | None = None) -> dict[str, np.ndarray]:
+    """Train `config.nets` members on the pool (target frames of whole clips), two at a time on two threads,
+    each with its own seed (initial weights, warps, batch order). Returns the tensors to store: prefix
+    ``net_``, each member's stacked along the first axis."""
+    import torch
+
+    config = config or NetConfig()
+    start = time.perf_counter()
+    mc = mc.astype(np.float32)
+    y = np.concatenate([mc[:, 1:], ap], axis=1).astype(np.float32)
+    seeds = [config.seed + i for i in range(config.nets)]
+    n_in = inputs(np.zeros((1, CEP_DIMS - 1)), post[:1], voiced[:1]).shape[1]
+    nets = []
+    state = torch.random.get_rng_state()
+    for seed in seeds:  # initial weights from the global generator: made here, not in the threads
+        torch.manual_seed(seed)
+        nets.append(torch.nn.Sequential(torch.nn.Linear(n_in, config.hidden), torch.nn.GELU(),
+                                        torch.nn.Linear(config.hidden, config.hidden), torch.nn.GELU(),
+                                        torch.nn.Linear(config.hidden, y.shape[1])))
+    torch.random.set_rng_state(state)
+
+    def member(i: int) -> dict[str, np.ndarray]:
+        x = augmented(mc, post, voiced, clip, cep, config, seeds[i])
+        return _fit(nets[i], x, np.tile(y, (config.copies, 1)), config, seeds[i])
+
+    from concurrent.futures import ThreadPoolExecutor
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, threads)))
+    torch.set_num_threads(1)  # one core per member: small products, threads only add overhead
     try:
-        gen = torch.Generator().manual_seed(config.seed)
-        torch_state = torch.random.get_rng_state()
-        torch.manual_seed(config.seed)  # the layers' initial weights
-        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], config.hidden), torch.nn.GELU(),
-                                  torch.nn.Linear(config.hidden, config.hidden), torch.nn.GELU(),
-                                  torch.nn.Linear(config.hidden, y.shape[1]))
-        torch.random.set_rng_state(torch_state)
-        x -= x_mean  # in place: x is the largest array here (copies x pool frames x 692 floats)
-        x /= x_std
-        xt = torch.from_numpy(x)
-        yt = torch.from_numpy((y - y_mean) / y_std)
-        n = len(xt)
-        per_epoch = max(1, n // config.batch)
-        opt = torch.optim.AdamW(net.parameters(), config.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * per_epoch)
-        for epoch in range(config.epochs):
-            order = torch.randperm(n, generator=gen)
-            total = 0.0
-            for i in range(per_epoch):
-                rows = order[i * config.batch: (i + 1) * config.batch]
-                loss = torch.nn.functional.mse_loss(net(xt[rows]), yt[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item()
-            log.debug("ppg-net epoch %d: loss %.3f", epoch, total / per_epoch)
+        with ThreadPoolExecutor(min(2, config.nets)) as pool:  # torch releases the GIL
+            members = list(pool.map(member, range(config.nets)))
     finally:
         torch.set_num_threads(threads)
-    tensors = {f"net_{name.replace('.', '_')}": p.detach().numpy().astype(np.float32)
-               for name, p in net.state_dict().items()}
-    tensors.update(net_x_mean=x_mean, net_x_std=x_std, net_y_mean=y_mean, net_y_std=y_std,
-                   net_y_spread=y[: len(mc)].std(axis=0))
-    log.info("ppg-net trained on %d frames (x%d) in %.1f s", len(mc), config.copies, time.perf_counter() - start)
+    tensors = {f"net_{k}": np.stack([m[k] for m in members]) for k in members[0]}
+    tensors["net_y_spread"] = y.std(axis=0)
+    log.info("ppg-net: %d networks trained on %d frames (x%d) in %.1f s", config.nets, len(mc), config.copies,
+             time.perf_counter() - start)
     return tensors
 
 
@@ -148,12 +176,16 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 
 def forward(t: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The network on input rows `x`; returns target cepstra 1..39 and coded aperiodicity per row."""
-    h = (x - t["net_x_mean"]) / t["net_x_std"]
-    for i in (0, 2):
-        h = _gelu(h @ t[f"net_{i}_weight"].T + t[f"net_{i}_bias"])
-    y = h @ t["net_4_weight"].T + t["net_4_bias"]
-    return y * t["net_y_std"] + t["net_y_mean"]
+    """The networks on input rows `x`, averaged; returns target cepstra 1..39 and coded aperiodicity per row."""
+    out = 0.0
+    members = len(t["net_0_weight"])
+    for m in range(members):
+        h = (x - t["net_x_mean"][m]) / t["net_x_std"][m]
+        for i in (0, 2):
+            h = _gelu(h @ t[f"net_{i}_weight"][m].T + t[f"net_{i}_bias"][m])
+        y = h @ t["net_4_weight"][m].T + t["net_4_bias"][m]
+        out = out + y * t["net_y_std"][m] + t["net_y_mean"][m]
+    return out / members
 
 
 def convert(t: dict[str, np.ndarray], mc: np.ndarray, post: np.ndarray, voiced: np.ndarray, speech: np.ndarray,

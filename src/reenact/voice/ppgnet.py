@@ -62,13 +62,23 @@ def normalised_cepstra(mc: np.ndarray, segment: np.ndarray | None = None) -> np.
     return out
 
 
-def inputs(ncep: np.ndarray, post: np.ndarray, voiced: np.ndarray, segment: np.ndarray | None = None) -> np.ndarray:
-    """Network input rows: normalised cepstra and posteriors, each with its context, and the voicing flag."""
-    from reenact.voice.world import context_stack
+def inputs(ncep: np.ndarray, post: np.ndarray, voiced: np.ndarray, segment: np.ndarray | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Network input rows: normalised cepstra and posteriors, each with its context (``context_stack``), and
+    the voicing flag. Written block by block into `out` when given (training fills a float16 array)."""
+    from reenact.voice.world import context_rows
 
-    return np.concatenate([context_stack(ncep.astype(np.float32), CEP_CONTEXT, segment),
-                           context_stack(post.astype(np.float32), PPG_CONTEXT, segment),
-                           voiced[:, None].astype(np.float32)], axis=1)
+    blocks = ((ncep.astype(np.float32), CEP_CONTEXT), (post.astype(np.float32), PPG_CONTEXT))
+    width = sum(g.shape[1] * (1 + 2 * len(c)) for g, c in blocks) + 1
+    if out is None:
+        out = np.empty((len(ncep), width), np.float32)
+    col = 0
+    for g, context in blocks:
+        for j, w in context_rows(len(g), context, segment):
+            out[:, col:col + g.shape[1]] = g if w == 1.0 else w * g[j]
+            col += g.shape[1]
+    out[:, col] = voiced
+    return out
 
 
 def warp_matrix(cep: F.Cepstrum, ratio: float) -> np.ndarray:
@@ -92,19 +102,31 @@ def augmented(mc: np.ndarray, post: np.ndarray, voiced: np.ndarray, clip: np.nda
             for r in np.unique(grid):
                 sel = grid[clip_index] == r
                 warped[sel] = mc[sel] @ warp_matrix(cep, float(r)).astype(np.float32)
-        rows = inputs(normalised_cepstra(warped, clip), post, voiced, clip)
         if x is None:
-            x = np.empty((config.copies * len(mc), rows.shape[1]), np.float16)
-        x[copy * len(mc): (copy + 1) * len(mc)] = rows
+            width = inputs(np.zeros((1, CEP_DIMS - 1)), post[:1], voiced[:1]).shape[1]
+            x = np.empty((config.copies * len(mc), width), np.float16)
+        inputs(normalised_cepstra(warped, clip), post, voiced, clip, out=x[copy * len(mc): (copy + 1) * len(mc)])
     return x
+
+
+def _moments(x: np.ndarray, chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (+1e-3) of each column, in float64 over row chunks: x.std() would make
+    a float64 copy of the whole array (2 GB for one member's inputs)."""
+    total, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk].astype(np.float64)
+        total += part.sum(axis=0)
+        squares += np.square(part).sum(axis=0)
+    mean = total / len(x)
+    std = np.sqrt(np.maximum(squares / len(x) - mean**2, 0.0)) + 1e-3
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def _fit(net, x: np.ndarray, y: np.ndarray, config: NetConfig, seed: int) -> dict[str, np.ndarray]:
     """Train one member on input rows `x` (float16) and targets `y`; returns its weights and normalisation."""
     import torch
 
-    x_mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    x_std = (x.std(axis=0, dtype=np.float64) + 1e-3).astype(np.float32)
+    x_mean, x_std = _moments(x)
     y_mean, y_std = y.mean(axis=0), y.std(axis=0) + 1e-3
     xt, yt = torch.from_numpy(x), torch.from_numpy((y - y_mean) / y_std)
     mean, std = torch.from_numpy(x_mean), torch.from_numpy(x_std)

@@ -355,18 +355,22 @@ def ppg_features(x: np.ndarray, fs: int, n_frames: int, scale: float, context: t
     return context_stack((1 - frac) * post[lo] + frac * post[hi], context)
 
 
-def context_stack(g: np.ndarray, context: tuple[int, ...], segment: np.ndarray | None = None) -> np.ndarray:
-    """Rows of `g` joined by 0.7 times the rows `context` frames before and after (within the same `segment`)."""
-    n = len(g)
+def context_rows(n: int, context: tuple[int, ...], segment: np.ndarray | None = None):
+    """(row indices, weight) of each block of `context_stack`: the rows themselves (weight 1), then the rows
+    `d` frames before and after for each `d` in `context` (weight 0.7), staying inside the same `segment`."""
     idx = np.arange(n)
-    parts = [g]
+    yield idx, 1.0
     for d in context:
         for s in (-1, 1):
             j = np.clip(idx + s * d, 0, n - 1)
             if segment is not None:  # stay inside the clip: fall back to the frame itself
                 j = np.where(segment[j] == segment, j, idx)
-            parts.append(0.7 * g[j])
-    return np.concatenate(parts, axis=1)
+            yield j, 0.7
+
+
+def context_stack(g: np.ndarray, context: tuple[int, ...], segment: np.ndarray | None = None) -> np.ndarray:
+    """Rows of `g` joined by 0.7 times the rows `context` frames before and after (within the same `segment`)."""
+    return np.concatenate([g if w == 1.0 else w * g[j] for j, w in context_rows(len(g), context, segment)], axis=1)
 
 
 def _ppg_knn(query: np.ndarray, pool: tuple, k: int, n_phones: int) -> np.ndarray:

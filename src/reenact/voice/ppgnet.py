@@ -62,6 +62,11 @@ def normalised_cepstra(mc: np.ndarray, segment: np.ndarray | None = None) -> np.
     return out
 
 
+def input_width(n_phones: int) -> int:
+    """Columns of an input row: cepstra and posteriors, each with its context, and the voicing flag."""
+    return (CEP_DIMS - 1) * (1 + 2 * len(CEP_CONTEXT)) + n_phones * (1 + 2 * len(PPG_CONTEXT)) + 1
+
+
 def inputs(ncep: np.ndarray, post: np.ndarray, voiced: np.ndarray, segment: np.ndarray | None = None,
            out: np.ndarray | None = None) -> np.ndarray:
     """Network input rows: normalised cepstra and posteriors, each with its context (``context_stack``), and
@@ -69,9 +74,8 @@ def inputs(ncep: np.ndarray, post: np.ndarray, voiced: np.ndarray, segment: np.n
     from reenact.voice.world import context_rows
 
     blocks = ((ncep.astype(np.float32), CEP_CONTEXT), (post.astype(np.float32), PPG_CONTEXT))
-    width = sum(g.shape[1] * (1 + 2 * len(c)) for g, c in blocks) + 1
     if out is None:
-        out = np.empty((len(ncep), width), np.float32)
+        out = np.empty((len(ncep), input_width(post.shape[1])), np.float32)
     col = 0
     for g, context in blocks:
         for j, w in context_rows(len(g), context, segment):
@@ -93,7 +97,7 @@ def augmented(mc: np.ndarray, post: np.ndarray, voiced: np.ndarray, clip: np.nda
     (one ratio per clip, as one speaker would have). float16, to halve the largest array of training."""
     rng = np.random.default_rng(seed)
     clips, clip_index = np.unique(clip, return_inverse=True)
-    x = None
+    x = np.empty((config.copies * len(mc), input_width(post.shape[1])), np.float16)
     for copy in range(config.copies):
         warped = mc
         if copy > 0:
@@ -102,9 +106,6 @@ def augmented(mc: np.ndarray, post: np.ndarray, voiced: np.ndarray, clip: np.nda
             for r in np.unique(grid):
                 sel = grid[clip_index] == r
                 warped[sel] = mc[sel] @ warp_matrix(cep, float(r)).astype(np.float32)
-        if x is None:
-            width = inputs(np.zeros((1, CEP_DIMS - 1)), post[:1], voiced[:1]).shape[1]
-            x = np.empty((config.copies * len(mc), width), np.float16)
         inputs(normalised_cepstra(warped, clip), post, voiced, clip, out=x[copy * len(mc): (copy + 1) * len(mc)])
     return x
 
@@ -163,7 +164,7 @@ def train(mc: np.ndarray, ap: np.ndarray, post: np.ndarray, voiced: np.ndarray, 
     mc = mc.astype(np.float32)
     y = np.concatenate([mc[:, 1:], ap], axis=1).astype(np.float32)
     seeds = [config.seed + i for i in range(config.nets)]
-    n_in = inputs(np.zeros((1, CEP_DIMS - 1)), post[:1], voiced[:1]).shape[1]
+    n_in = input_width(post.shape[1])
     nets = []
     state = torch.random.get_rng_state()
     for seed in seeds:  # initial weights from the global generator: made here, not in the threads

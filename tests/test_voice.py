@@ -247,6 +247,45 @@ def test_odd_inputs(voice_model, tmp_path):
         convert_voice(tmp_path / "8k.wav", tmp_path / "8k.wav", tmp_path / "o.wav")
 
 
+def test_long_input_converts_in_pieces_cut_in_pauses(voice_model, monkeypatch):
+    """Inputs over chunk_seconds are converted piece by piece (bounded memory), transposed alike, and the
+    joins fall in pauses: the result matches converting the whole at once."""
+    from reenact.voice import world as W
+
+    model = VoiceModel.load(voice_model)
+    x = speechlike(9, sr=24000, f0=110, seed=12)
+    whole = W.convert_array(x, model)
+    lengths = []
+    piece = W._convert_piece
+    monkeypatch.setattr(W, "_convert_piece", lambda xp, *a: lengths.append(len(xp)) or piece(xp, *a))
+    y = W.convert_array(x, model, chunk_seconds=3.0)
+    assert len(lengths) == 3 and sum(lengths) == len(x) and min(lengths) > 2 * 24000
+    assert len(y) == len(x) and np.isfinite(y).all()
+    f0, f0_whole = F.f0_track(y, 24000), F.f0_track(whole, 24000)
+    assert abs(np.median(f0[f0 > 0]) / np.median(f0_whole[f0_whole > 0]) - 1) < 0.03  # same transposition
+    rms = lambda v: np.sqrt(np.mean(np.square(v)))
+    assert abs(rms(y) / rms(whole) - 1) < 0.1
+    db = F.frame_db(x, 24000)  # each join in a pause of the input
+    for cut in np.cumsum(lengths)[:-1]:
+        assert db[int(cut / 240) - 1] < db.max() - 30
+
+
+def test_frame_gain_cap_stops_bursts_from_flat_frames():
+    """A near-silent flat frame given a vowel's shape at the same mean log level is far louder: capped."""
+    from reenact.voice.world import cap_frame_gain
+
+    rng = np.random.default_rng(0)
+    sp_in = np.exp(rng.normal(0, 1, (50, 64)) + np.linspace(2, -4, 64))  # speech-like: tilted
+    sp_out = sp_in * 2.0
+    sp_in[10] = np.exp(np.full(64, -12.0))  # flat and quiet
+    sp_out[10] = np.exp(np.linspace(6, -30, 64) - 12.0 + 12.0)  # same-ish mean log level, peaky: +~60 dB
+    speech = np.ones(50, bool)
+    out = cap_frame_gain(sp_in, sp_out, speech)
+    gain_db = 10 * np.log10(out.sum(1) / sp_in.sum(1))
+    assert np.allclose(out[np.arange(50) != 10], sp_out[np.arange(50) != 10])  # speech frames untouched
+    assert gain_db[10] <= np.median(gain_db) + 30.01
+
+
 def test_convert_audio_in_memory(voice_model):
     audio = Audio(np.stack([speechlike(2, sr=16000, seed=11)] * 2).astype(np.float32), 16000)
     out = convert_audio(audio, voice_model)

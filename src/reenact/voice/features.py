@@ -63,29 +63,54 @@ def resample(x: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
 
 
 def analyze(x: np.ndarray, fs: int, frame_period: float = FRAME_PERIOD, f0_method: str = "dio",
-            threads: int = 1) -> World:
+            threads: int = 1, f0: np.ndarray | None = None) -> World:
     """WORLD analysis. `f0_method` "harvest" is slower than "dio" but drops voicing far less often;
-    with `threads` > 1 its pieces and the per-frame analyses run in parallel."""
+    with `threads` > 1 its pieces and the per-frame analyses run in parallel. `f0`, from `analyze_f0`
+    with the same method, skips the F0 estimation."""
+    return _with_pool(x, fs, frame_period, f0_method, threads, lambda x, pool: _analyze(
+        x, fs, frame_period, f0_method, pool, f0))
+
+
+def analyze_f0(x: np.ndarray, fs: int, frame_period: float = FRAME_PERIOD, f0_method: str = "dio",
+               threads: int = 1) -> np.ndarray:
+    """The F0 that `analyze` would find (DIO or Harvest, then StoneMask)."""
+    return _with_pool(x, fs, frame_period, f0_method, threads, lambda x, pool: _f0(
+        x, fs, frame_period, f0_method, pool))
+
+
+def _with_pool(x: np.ndarray, fs: int, frame_period: float, f0_method: str, threads: int, fn):
     x = np.ascontiguousarray(x, dtype=np.float64)
     if f0_method not in F0_METHODS:
         raise ReenactError(f"unknown F0 method {f0_method!r}; choose one of {', '.join(F0_METHODS)}")
     if threads <= 1 or f0_method == "dio":  # DIO is fast: no threads
-        return _analyze(x, fs, frame_period, f0_method, None)
+        return fn(x, None)
     with ThreadPoolExecutor(threads) as pool:
-        return _analyze(x, fs, frame_period, f0_method, pool)
+        return fn(x, pool)
 
 
-def _analyze(x: np.ndarray, fs: int, frame_period: float, f0_method: str, pool: Executor | None) -> World:
-    # with Harvest, the frames are analysed in two blocks whatever the threads, so that the result does not
-    # depend on them: CheapTrick's and D4C's values where the signal is ~0 (silence, an empty band) change
-    # with the split of the frames (probably WORLD's safeguard noise), though nothing audible does
-    blocks = 2 if f0_method == "harvest" else 1
+# with Harvest, the frames are analysed in two blocks whatever the threads, so that the result does not
+# depend on them: CheapTrick's and D4C's values where the signal is ~0 (silence, an empty band) change
+# with the split of the frames (probably WORLD's safeguard noise), though nothing audible does
+def _blocks(f0_method: str) -> int:
+    return 2 if f0_method == "harvest" else 1
+
+
+def _f0(x: np.ndarray, fs: int, frame_period: float, f0_method: str, pool: Executor | None) -> np.ndarray:
     if f0_method == "harvest":
         f0 = harvest_f0(x, fs, frame_period, pool=pool)
         t = np.arange(len(f0)) * frame_period / 1000
     else:
         f0, t = pyworld.dio(x, fs, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=frame_period)
-    f0 = _per_frames(lambda ti, fi: pyworld.stonemask(x, fi, ti, fs), t, f0, pool, blocks)
+    return _per_frames(lambda ti, fi: pyworld.stonemask(x, fi, ti, fs), t, f0, pool, _blocks(f0_method))
+
+
+def _analyze(x: np.ndarray, fs: int, frame_period: float, f0_method: str, pool: Executor | None,
+             f0: np.ndarray | None = None) -> World:
+    if f0 is None:
+        f0 = _f0(x, fs, frame_period, f0_method, pool)
+    f0 = np.ascontiguousarray(f0, dtype=np.float64)
+    t = np.arange(len(f0)) * frame_period / 1000
+    blocks = _blocks(f0_method)
     sp = _per_frames(lambda ti, fi: pyworld.cheaptrick(x, fi, ti, fs), t, f0, pool, blocks)
     ap = _per_frames(lambda ti, fi: pyworld.d4c(x, fi, ti, fs), t, f0, pool, blocks)
     return World(f0, sp, ap, fs, frame_period)

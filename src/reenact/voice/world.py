@@ -311,8 +311,13 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
 # ---------------------------------------------------------------- conversion
 
 
-def convert_f0(f0: np.ndarray, model: VoiceModel, transpose: str | float = "auto") -> np.ndarray:
-    """Map voiced F0 to the target: log-Gaussian normalisation ("auto") or N semitones."""
+CHUNK_SECONDS = 60.0  # longer inputs are converted in pieces cut in pauses (bounded memory)
+
+
+def convert_f0(f0: np.ndarray, model: VoiceModel, transpose: str | float = "auto",
+               stats: tuple[float, float, int] | None = None) -> np.ndarray:
+    """Map voiced F0 to the target: log-Gaussian normalisation ("auto") or N semitones. The driver's log-F0
+    statistics are those of `f0` unless `stats` gives them (those of the whole input, for a piece of it)."""
     out = f0.copy()
     v = f0 > 0
     if not v.any():
@@ -320,7 +325,7 @@ def convert_f0(f0: np.ndarray, model: VoiceModel, transpose: str | float = "auto
     if transpose != "auto":
         out[v] = f0[v] * 2.0 ** (float(transpose) / 12)
         return out
-    mean, std, n = F.lf0_stats(f0)
+    mean, std, n = stats or F.lf0_stats(f0)
     t_mean, t_std = model.meta["lf0_mean"], model.meta["lf0_std"]
     ratio = t_std / std if n >= 20 and std > 1e-3 else 1.0
     out[v] = np.exp(t_mean + ratio * (np.log(f0[v]) - mean))
@@ -504,7 +509,25 @@ def convert_spectrum(w: F.World, model: VoiceModel, method: str | None = None,
     out_ap[~speech] = cap[~speech]
     ap = pyworld.decode_aperiodicity(np.ascontiguousarray(out_ap, dtype=np.float64), fs,
                                      pyworld.get_cheaptrick_fft_size(fs))
-    return cep.decode(out), ap
+    return cap_frame_gain(w.sp, cep.decode(out), speech), ap
+
+
+def cap_frame_gain(sp_in: np.ndarray, sp_out: np.ndarray, speech: np.ndarray, cap_db: float = 30.0) -> np.ndarray:
+    """Limit each frame's energy gain (output over input envelope) to `cap_db` above the median gain of the
+    speech frames. The level (c0) is mapped as a mean of the log envelope, which keeps the energy of a
+    speech frame but not of a flat one: a near-silent, flat frame taken for speech and given a vowel's
+    shape came out ~70 dB louder (a burst that, peak-normalised, made a whole input quieter). In speech
+    the gain stays within ~25 dB of its median (15 kal_drive utterances), so the cap leaves it alone."""
+    gain = np.log(sp_out.sum(axis=1) + 1e-30) - np.log(sp_in.sum(axis=1) + 1e-30)
+    if not speech.any():
+        return sp_out
+    excess = gain - (np.median(gain[speech]) + cap_db * np.log(10) / 10)
+    over = excess > 0
+    if over.any():
+        log.debug("%d frames over the gain cap (up to %.0f dB)", int(over.sum()), excess.max() * 10 / np.log(10))
+        sp_out = sp_out.copy()
+        sp_out[over] *= np.exp(-excess[over])[:, None]
+    return sp_out
 
 
 def query_ppg(x: np.ndarray, model: VoiceModel, n_frames: int, method: str = "ppg") -> np.ndarray:
@@ -533,34 +556,75 @@ def conversion_threads() -> int:
     return max(1, min(2, cores))
 
 
-def analyze_driver(x: np.ndarray, model: VoiceModel, method: str) -> tuple[F.World, np.ndarray | None]:
-    """WORLD analysis of the driver with the model's conversion F0 method (``convert_f0``: DIO for models
-    trained before it), and for ``ppg`` the query posteriors, computed beside the analysis on 2 cores."""
+def conversion_f0_method(model: VoiceModel) -> str:
+    """The model's F0 method at conversion (``convert_f0``; DIO for models trained before it)."""
+    return str(model.meta["config"].get("convert_f0", "dio"))
+
+
+def analyze_driver(x: np.ndarray, model: VoiceModel, method: str,
+                   f0: np.ndarray | None = None) -> tuple[F.World, np.ndarray | None]:
+    """WORLD analysis of the driver with the model's conversion F0 method (or the given `f0`, from
+    ``features.analyze_f0`` with that method), and for ``ppg`` the query posteriors, computed beside the
+    analysis on 2 cores."""
     fs = model.sample_rate
-    f0_method = str(model.meta["config"].get("convert_f0", "dio"))
+    f0_method = conversion_f0_method(model)
     threads = conversion_threads()
     if method not in PPG_METHODS or not has_method(model, method):
-        return F.analyze(x, fs, f0_method=f0_method, threads=threads), None
+        return F.analyze(x, fs, f0_method=f0_method, threads=threads, f0=f0), None
     n_frames = F.world_frames(len(x), fs)
     if threads < 2:
-        return F.analyze(x, fs, f0_method=f0_method), query_ppg(x, model, n_frames, method)
+        return F.analyze(x, fs, f0_method=f0_method, f0=f0), query_ppg(x, model, n_frames, method)
     with ThreadPoolExecutor(1) as side:  # numpy and pyworld release the GIL
         ppg = side.submit(query_ppg, x, model, n_frames, method)
-        w = F.analyze(x, fs, f0_method=f0_method, threads=threads)
+        w = F.analyze(x, fs, f0_method=f0_method, threads=threads, f0=f0)
         return w, ppg.result()
 
 
 def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "auto",
-                  method: str | None = None) -> np.ndarray:
-    """Convert mono float speech at the model's sample rate; same length, same loudness."""
+                  method: str | None = None, chunk_seconds: float = CHUNK_SECONDS) -> np.ndarray:
+    """Convert mono float speech at the model's sample rate; same length, same loudness.
+
+    Inputs over `chunk_seconds` are converted piece by piece, cut in pauses (``features.quiet_cuts``), so
+    that memory stays bounded whatever the length (WORLD's envelopes take ~25 kB per 5 ms frame). The F0
+    of every piece is found first, so that with ``auto`` all are transposed by the log-F0 statistics of
+    the whole input."""
     fs = model.sample_rate
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     if peak < 1e-4:  # silence converts to silence
         return np.zeros_like(x)
-    w, ppg = analyze_driver(x, model, method or model.method)
+    parts = int(np.ceil(len(x) / (chunk_seconds * fs)))
+    if parts <= 1:
+        return _convert_piece(x, model, transpose, method)
+    hop = fs * F.FRAME_PERIOD / 1000
+    cuts = [min(len(x), int(round(c * hop))) for c in F.quiet_cuts(x, fs, F.world_frames(len(x), fs), parts)]
+    cuts[-1] = len(x)
+    pieces = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    # first every piece's F0 (small), for the statistics of the whole input; then the rest piece by piece
+    f0s = [F.analyze_f0(x[a:b], fs, f0_method=conversion_f0_method(model), threads=conversion_threads())
+           for a, b in pieces]
+    fill = int(model.meta["config"].get("f0_fill", 0))
+    stats = F.lf0_stats(np.concatenate([fill_f0_gaps(f0, fill) for f0 in f0s]))
+    y = np.empty(len(x), np.float32)  # float32: an hour at 44.1 kHz is 0.6 GB
+    fade = np.linspace(0.0, 1.0, min(int(0.005 * fs), min(b - a for a, b in pieces) // 2))
+    for i, ((a, b), f0) in enumerate(zip(pieces, f0s)):
+        log.debug("converting piece %d/%d (%.1f-%.1f s)", i + 1, len(pieces), a / fs, b / fs)
+        part = _convert_piece(x[a:b], model, transpose, method, stats, f0)
+        if len(fade):  # the cuts are in pauses: fade each piece in and out over 5 ms, so no join clicks
+            part[: len(fade)] *= fade
+            part[len(part) - len(fade):] *= fade[::-1]
+        y[a:b] = part
+    return y
+
+
+def _convert_piece(x: np.ndarray, model: VoiceModel, transpose: str | float, method: str | None,
+                   stats: tuple[float, float, int] | None = None, f0: np.ndarray | None = None) -> np.ndarray:
+    fs = model.sample_rate
+    if float(np.max(np.abs(x))) < 1e-4:
+        return np.zeros_like(x)
+    w, ppg = analyze_driver(x, model, method or model.method, f0)
     sp, ap = convert_spectrum(w, model, method, x, ppg)
     f0 = fill_f0_gaps(w.f0, int(model.meta["config"].get("f0_fill", 0)))
-    w = F.World(convert_f0(f0, model, transpose), sp, ap, fs, w.frame_period)
+    w = F.World(convert_f0(f0, model, transpose, stats), sp, ap, fs, w.frame_period)
     y = F.synthesize(w)[: len(x)]
     y = np.pad(y, (0, len(x) - len(y)))
     rms_in, rms_out = np.sqrt(np.mean(x**2)), np.sqrt(np.mean(y**2)) + 1e-12

@@ -68,20 +68,22 @@ def input_width(n_phones: int) -> int:
 
 
 def inputs(ncep: np.ndarray, post: np.ndarray, voiced: np.ndarray, segment: np.ndarray | None = None,
-           out: np.ndarray | None = None) -> np.ndarray:
+           out: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """Network input rows: normalised cepstra and posteriors, each with its context (``context_stack``), and
-    the voicing flag. Written block by block into `out` when given (training fills a float16 array)."""
+    the voicing flag; only for the frames `rows` when given (conversion needs the speech frames). Written
+    block by block into `out` when given (training fills a float16 array)."""
     from reenact.voice.world import context_rows
 
     blocks = ((ncep.astype(np.float32), CEP_CONTEXT), (post.astype(np.float32), PPG_CONTEXT))
     if out is None:
-        out = np.empty((len(ncep), input_width(post.shape[1])), np.float32)
+        out = np.empty((len(ncep) if rows is None else len(rows), input_width(post.shape[1])), np.float32)
     col = 0
     for g, context in blocks:
         for j, w in context_rows(len(g), context, segment):
-            out[:, col:col + g.shape[1]] = g if w == 1.0 else w * g[j]
+            src = g if rows is None and w == 1.0 else g[j if rows is None else j[rows]]
+            out[:, col:col + g.shape[1]] = src if w == 1.0 else w * src
             col += g.shape[1]
-    out[:, col] = voiced
+    out[:, col] = voiced if rows is None else voiced[rows]
     return out
 
 
@@ -220,7 +222,7 @@ def convert(t: dict[str, np.ndarray], mc: np.ndarray, post: np.ndarray, voiced: 
     """
     ncep = np.zeros((len(mc), CEP_DIMS - 1), np.float32)
     ncep[speech] = normalised_cepstra(mc[speech])
-    y = forward(t, inputs(ncep, post, voiced)[speech])
+    y = forward(t, inputs(ncep, post, voiced, rows=np.flatnonzero(speech)))
     if gv > 0 and len(y) > 1:
         mean, spread = y.mean(axis=0), y.std(axis=0) + 1e-6
         y = mean + (y - mean) * (1 - gv + gv * np.minimum(t["net_y_spread"] / spread, 3))

@@ -59,7 +59,8 @@ def convert_array(x: np.ndarray, sr: int, voice: Any, transpose: str | float = "
 
     F.check_signal(np.asarray(x, dtype=np.float64), sr, None)
     if isinstance(voice, world.VoiceModel):
-        y = world.convert_array(F.resample(np.asarray(x, np.float64), sr, voice.sample_rate), voice, transpose)
+        y = world.convert_array(F.resample(np.asarray(x, np.float64), sr, voice.sample_rate), voice, transpose,
+                                progress=progress)
         return y.astype(np.float32), voice.sample_rate
     opts = {k: v for k, v in (options or {}).items() if k not in ("content", "device", "dtype")}
     cfg = sovits_infer.ConvertConfig(transpose=transpose, **opts)

@@ -49,6 +49,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyworld
@@ -581,20 +582,24 @@ def analyze_driver(x: np.ndarray, model: VoiceModel, method: str,
 
 
 def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "auto",
-                  method: str | None = None, chunk_seconds: float = CHUNK_SECONDS) -> np.ndarray:
+                  method: str | None = None, chunk_seconds: float = CHUNK_SECONDS,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Convert mono float speech at the model's sample rate; same length, same loudness.
 
     Inputs over `chunk_seconds` are converted piece by piece, cut in pauses (``features.quiet_cuts``), so
     that memory stays bounded whatever the length (WORLD's envelopes take ~25 kB per 5 ms frame). The F0
     of every piece is found first, so that with ``auto`` all are transposed by the log-F0 statistics of
-    the whole input."""
+    the whole input. `progress(done, total)` is called after each piece."""
     fs = model.sample_rate
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     if peak < 1e-4:  # silence converts to silence
         return np.zeros_like(x)
     parts = int(np.ceil(len(x) / (chunk_seconds * fs)))
     if parts <= 1:
-        return _convert_piece(x, model, transpose, method)
+        y = _convert_piece(x, model, transpose, method)
+        if progress:
+            progress(1, 1)
+        return y
     hop = fs * F.FRAME_PERIOD / 1000
     cuts = [min(len(x), int(round(c * hop))) for c in F.quiet_cuts(x, fs, F.world_frames(len(x), fs), parts)]
     cuts[-1] = len(x)
@@ -613,6 +618,8 @@ def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "au
             part[: len(fade)] *= fade
             part[len(part) - len(fade):] *= fade[::-1]
         y[a:b] = part
+        if progress:
+            progress(i + 1, len(pieces))
     return y
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -257,24 +256,26 @@ def test_kill_and_resume_ends_at_the_same_weights(tmp_path):
 
 
 def test_two_process_gloo_run(tmp_path):
+    # Through torchrun, as users run it. Its agent holds the rendezvous store on a port the kernel gave it; a port
+    # picked here, closed and handed to the ranks could be taken in between (CI once hung here for 300 s).
     make_dataset(tmp_path / "alice")
     model = tmp_path / "ddp"
     script = _runner(tmp_path, model, 2, 2, "dict(extra={'batch_size': 1})")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    logs = [tmp_path / f"rank{r}.log" for r in range(2)]  # files, not pipes: a full pipe would stall a rank
-    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=logs[r].open("w"),
-                              env={**_env(), "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r),
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
+    logs = tmp_path / "logs"
+    out = tmp_path / "torchrun.log"  # a file, not a pipe: a full pipe would stall a rank
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "--log-dir", str(logs), "--redirects", "3", str(script)], env=_env(),
+                            stdout=out.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for p in procs:
-            p.wait(timeout=300)
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
-        for p in procs:
-            p.kill()
-    errors = [log.read_text() for log in logs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errors)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the agent and both ranks
+            proc.wait()
+    errors = [next(logs.rglob(f"{r}/stderr.log"), out).read_text() for r in range(2)]
+    assert proc.returncode == 0, out.read_text()[-2000:] + "\n".join(e[-2000:] for e in errors)
     assert "on cpu x2" in errors[0]
     assert (model / "G_2.pth").is_file() and (model / "D_2.pth").is_file()
     state = torch.load(model / "train_state.pt", weights_only=True)

@@ -166,12 +166,26 @@ def test_prepare_splits_at_pauses_and_resumes(tmp_path):
     (tmp_path / "bad.wav").write_text("this is not audio")
     with pytest.raises(ReenactError):
         prepare_dataset([tmp_path / "bad.wav"], tmp_path / "ds2", cfg)
+    assert not (tmp_path / "ds2").exists()  # a run that wrote nothing leaves no empty folder
+    for bad_cfg, message in ((PrepareConfig(sample_rate=0), "--sample-rate"),
+                             (PrepareConfig(target_seconds=30), "--clip-seconds")):
+        with pytest.raises(ReenactError, match=message):
+            prepare_dataset([src], tmp_path / "ds3", bad_cfg)
+    # the output folder among the inputs: its own clips are not read again
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "talk.wav").write_bytes((src / "talk.wav").read_bytes())
+    first = prepare_dataset([own], own, cfg)
+    second = prepare_dataset([own], own, cfg)
+    assert second.clips == first.clips == len(list(own.glob("*.flac")))
 
 
 def test_small_dataset_is_refused(tmp_path):
     sf.write(tmp_path / "a.wav", speechlike(20, sr=16000, seed=5), 16000)
     with pytest.raises(ReenactError, match=r"at least 1 min is needed"):
         train_voice(tmp_path, tmp_path / "m.safetensors", TrainConfig(workers=1))
+    with pytest.raises(ReenactError, match="must end in .safetensors"):
+        train_voice(tmp_path, tmp_path / "m.txt", TrainConfig(workers=1))
 
 
 def test_model_file_is_safetensors_with_metadata(voice_model):
@@ -245,6 +259,14 @@ def test_odd_inputs(voice_model, tmp_path):
         convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "out.mp3")
     with pytest.raises(ReenactError, match="not a reenact voice model"):
         convert_voice(tmp_path / "8k.wav", tmp_path / "8k.wav", tmp_path / "o.wav")
+    before = (tmp_path / "8k.wav").read_bytes()
+    with pytest.raises(ReenactError, match="overwrite the input"):  # inputs are never changed
+        convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "8k.wav")
+    assert (tmp_path / "8k.wav").read_bytes() == before
+    for bad in ("abc", "inf", "nan", "1e9", "-49"):
+        with pytest.raises(ReenactError, match="--transpose"):
+            convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "t.wav", transpose=bad)
+    assert not (tmp_path / "t.wav").exists()
 
 
 def test_long_input_converts_in_pieces_cut_in_pauses(voice_model, monkeypatch):

@@ -20,6 +20,21 @@ from reenact.media.audio import Audio
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "world", "sovits")
+MAX_TRANSPOSE = 48.0  # semitones: four octaves either way
+
+
+def parse_transpose(value: str | float) -> str | float:
+    """'auto', or a finite number of semitones within +-MAX_TRANSPOSE (a string such as '12' or '-3.5')."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        semitones = float(value)
+    except (TypeError, ValueError):
+        raise ReenactError(f"--transpose must be 'auto' or a number of semitones, not {value!r}") from None
+    if not np.isfinite(semitones) or abs(semitones) > MAX_TRANSPOSE:
+        raise ReenactError(f"--transpose must be 'auto' or semitones between -{MAX_TRANSPOSE:g} and "
+                           f"{MAX_TRANSPOSE:g}, not {value!r}")
+    return semitones
 
 
 def detect_backend(model: str | Path) -> str:
@@ -72,6 +87,7 @@ def convert_audio(audio: Audio, model: Any, transpose: str | float = "auto", bac
     """Convert speech held in memory (e.g. a driver video's audio track) to the model's voice."""
     if audio.samples.size == 0:
         raise ReenactError("audio has no samples")
+    transpose = parse_transpose(transpose)
     y, sr = convert_array(audio.mono(), audio.sample_rate, load_voice(model, backend, options), transpose, options)
     return Audio(y.astype(np.float32), sr)
 
@@ -89,6 +105,9 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(out_path.suffix.lower())
     if fmt is None:
         raise ReenactError("output must end in .wav or .flac", out_path)
+    if out_path.resolve() == input_path.resolve():
+        raise ReenactError("output would overwrite the input; choose another file name", out_path)
+    transpose = parse_transpose(transpose)
     voice = load_voice(model, backend, options)
     start = time.perf_counter()
     audio = read_audio(input_path, mono=True)

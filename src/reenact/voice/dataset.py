@@ -207,13 +207,36 @@ def prepare_file(path: Path, out_dir: Path, cfg: PrepareConfig) -> tuple[list[di
 def prepare_dataset(inputs: list[Path], out_dir: Path, config: PrepareConfig | None = None) -> PrepareSummary:
     """Build (or resume) a dataset of speech clips in `out_dir` from audio/video files and folders."""
     cfg = config or PrepareConfig()
+    if not 8000 <= cfg.sample_rate <= 192000:
+        raise ReenactError(f"--sample-rate must be between 8000 and 192000 Hz, not {cfg.sample_rate}")
+    if not cfg.min_seconds <= cfg.target_seconds <= cfg.max_seconds:
+        raise ReenactError(f"--clip-seconds must be between {cfg.min_seconds:g} and {cfg.max_seconds:g}, "
+                           f"not {cfg.target_seconds:g}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReenactError("output exists and is not a folder", out_dir)
-    paths = find_inputs(inputs)
+    paths = [p for p in find_inputs(inputs) if p.resolve() not in _own_clips(out_dir)]
     if not paths:
         raise ReenactError("no audio or video files found in the inputs", Path(inputs[0]) if inputs else None)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(paths, inputs, out_dir, cfg)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # a run that wrote nothing leaves no empty folder
+            out_dir.rmdir()
+        raise
+
+
+def _own_clips(out_dir: Path) -> set[Path]:
+    """The clips a dataset folder holds (when the output folder is also among the inputs, they are not read)."""
+    manifest = out_dir / "manifest.json"
+    if not manifest.is_file():
+        return set()
+    return {(out_dir / c["file"]).resolve() for c in json.loads(manifest.read_text()).get("clips", [])}
+
+
+def _prepare(paths: list[Path], inputs: list[Path], out_dir: Path, cfg: PrepareConfig) -> PrepareSummary:
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if manifest and manifest.get("config", asdict(cfg)) != asdict(cfg):

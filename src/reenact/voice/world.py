@@ -231,6 +231,8 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ReenactError("is a folder; give a model file name such as voice.safetensors", out_path)
+    if out_path.suffix != ".safetensors":
+        raise ReenactError("the model file name must end in .safetensors (e.g. voice.safetensors)", out_path)
     if not out_path.parent.exists():
         raise ReenactError(f"output folder {out_path.parent} does not exist; create it first", out_path)
     clips = dataset_clips(dataset_dir)

@@ -143,6 +143,10 @@ def test_checkpoint_roundtrip_and_safe_loading(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ReenactError, match="truncated"):
         lia.load_generator(tmp_path / "cut.pt")
+    for text in ("hello\nworld\n", "some text here\n"):  # text files: the unpickler fails in odd ways
+        (tmp_path / "text.pt").write_text(text)
+        with pytest.raises(ReenactError, match="not a PyTorch file"):
+            lia.load_generator(tmp_path / "text.pt")
     data = (tmp_path / "g.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ReenactError, match="truncated"):

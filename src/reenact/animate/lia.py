@@ -546,9 +546,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             raise ReenactError(
                 "checkpoint holds Python objects that are not safe to load (only tensors, plain "
                 f"containers and argparse.Namespace are accepted): {str(exc).splitlines()[0]}", path) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except Exception as exc:  # the unpickler raises anything on bytes that are not a checkpoint
+            detail = (str(exc).splitlines() or [""])[0]
             raise ReenactError(f"cannot read checkpoint (truncated or not a PyTorch file?): "
-                               f"{str(exc).splitlines()[0]}", path) from exc
+                               f"{type(exc).__name__}{': ' + detail if detail else ''}", path) from exc
     if not isinstance(obj, dict):
         raise ReenactError(f"expected a dict of tensors, found {type(obj).__name__}", path)
     args = obj.get("args")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import StillBackend, shared
+from reenact.errors import ReenactError
 from reenact.media.video import iter_frames, probe
 from reenact.pipeline import AnimateConfig, animate
 
@@ -81,3 +82,10 @@ def test_two_faces_uses_the_largest_with_a_note(tmp_path: Path, example, caplog)
     with caplog.at_level(logging.WARNING):
         animate(portrait, driver, tmp_path / "two.mp4", AnimateConfig(), backend=StillBackend())
     assert any("2 faces" in r.getMessage() and "--face-index" in r.getMessage() for r in caplog.records)
+    # the second person, with a driver that shows one face: the index is the portrait's, not the driver's
+    result = animate(portrait, driver, tmp_path / "second.mp4", AnimateConfig(face_index=1), backend=StillBackend())
+    assert result.frames > 0
+    with pytest.raises(ReenactError, match="--driver-face-index 1"):
+        animate(portrait, driver, tmp_path / "none.mp4", AnimateConfig(driver_face_index=1), backend=StillBackend())
+    with pytest.raises(ReenactError, match="must be a .mp4 file"):
+        animate(portrait, driver, tmp_path / "out.txt", AnimateConfig(), backend=StillBackend())

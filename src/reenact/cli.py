@@ -78,12 +78,16 @@ class Reference(str, Enum):
 def animate(
     source: Path = typer.Argument(..., help="Portrait image of the person to animate (JPEG, PNG, ...)."),
     driver: Path = typer.Argument(..., help="Driver video whose head, face and lip motion (and sound) are used."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output MP4 path (its folder must exist)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .mp4 path (its folder must exist; an existing "
+                                "file is replaced)."),
     backend: str = typer.Option("landmark", help="Motion backend: landmark (default, no weights needed) or lia."),
     size: int = typer.Option(256, help="Face crop size the backend works at: 256 or 512."),
     reference: str = typer.Option("auto", help="Driver frame motion is measured from: 'first', 'auto' "
                                                "(the frame whose pose is closest to the source's) or a frame number."),
-    face_index: int = typer.Option(0, help="Which face to use when there are several (0 = largest)."),
+    face_index: int = typer.Option(0, min=0, help="Which face of the portrait to animate when it shows several "
+                                                  "(0 = largest, 1 = next largest, ...)."),
+    driver_face_index: int = typer.Option(0, min=0, help="Which face of the driver to follow when it shows several "
+                                                         "(0 = largest in its first frame with a face)."),
     crf: int = typer.Option(18, min=0, max=51, help="H.264 quality: lower is better and larger (18 is visually lossless)."),
     paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back",
                                     help="Paste the animated face back into the whole portrait, or write the crop alone."),
@@ -108,8 +112,10 @@ def animate(
     given = {"checkpoint": checkpoint, "motion": motion, "dtype": dtype, "device": device}
     options = {key: value for key, value in given.items() if value is not None}
     if options and backend == "landmark":
-        raise ReenactError(f"--{', --'.join(options)} apply to neural backends, not the landmark backend")
-    config = AnimateConfig(backend=backend, size=size, reference=reference, face_index=face_index, crf=crf,
+        raise ReenactError(f"--{', --'.join(options)} {'applies' if len(options) == 1 else 'apply'} to neural "
+                           "backends, not the landmark backend")
+    config = AnimateConfig(backend=backend, size=size, reference=reference, face_index=face_index,
+                           driver_face_index=driver_face_index, crf=crf,
                            paste_back=paste_back, backend_options=options, visible_label=visible_label)
     with progress_display() as progress:
         result = run(source, driver, output, config, progress=progress)
@@ -129,7 +135,7 @@ def evaluate_face(
     source: Path = typer.Option(..., "--source", help="The portrait it was made from."),
     driver: Path = typer.Option(..., "--driver", help="The driver video it was made with."),
     as_json: bool = typer.Option(False, "--json", help="Print the measures as JSON."),
-    samples: int = typer.Option(32, help="Output frames sampled for the identity measure."),
+    samples: int = typer.Option(32, min=1, help="Output frames sampled for the identity measure."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Identity, motion fidelity and jitter of an animated video."""
@@ -220,7 +226,7 @@ def train_lia(
 def verify(
     file: Path = typer.Argument(..., help="The video (or audio) file to check."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    frames: int = typer.Option(48, help="Video frames sampled for the watermark."),
+    frames: int = typer.Option(48, min=1, help="Video frames sampled for the watermark."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Report each mark of reenact in FILE: C2PA manifest, video and audio watermarks, metadata.
@@ -247,13 +253,17 @@ def subject_create(
     speech: list[Path] = typer.Option(..., "--speech", help="The subject's recorded speech: audio or video files "
                                                           "or folders (about 20 minutes; at least 1). Repeat the option."),
     consent: Path = typer.Option(..., "--consent", help="The subject's signed consent document (any file: PDF, scan, "
-                                                        "recording). Its sha256 goes into every output's manifest."),
+                                                        "recording). It is copied into the subject; the hash of its "
+                                                        "consent record (which holds the document's sha256) goes "
+                                                        "into every output's manifest."),
     signer: Optional[str] = typer.Option(None, help="Who signed the consent (default: the subject's name)."),
     scope: Optional[str] = typer.Option(None, help="What the consent covers (default: research use, disclosed)."),
     voice_model: Optional[Path] = typer.Option(None, "--voice-model", help="Use this trained voice model instead of "
                                                "training the offline one: a .safetensors file, or a so-vits-svc "
                                                "folder (config.json + G_*.pth) from `reenact voice train --backend "
                                                "sovits` or so-vits-svc-fork. It is copied into the subject."),
+    face_index: int = typer.Option(0, min=0, help="Which face of the portrait is the subject when it shows several "
+                                                  "(0 = largest, 1 = next largest, ...)."),
     subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
@@ -265,7 +275,7 @@ def subject_create(
     _setup_logging(verbose)
     subject = create_subject(name, portrait, consent, speech, signer=signer, scope=scope or DEFAULT_SCOPE,
                              root=subjects_dir, step=lambda message: err.print(f"  {message}", highlight=False),
-                             voice_model=voice_model)
+                             voice_model=voice_model, face_index=face_index)
     err.print(f"created subject {subject.name} in {subject.folder}", highlight=False)
 
 
@@ -282,7 +292,8 @@ def subject_list(subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS
 
 @subject_app.command("show")
 @command
-def subject_show(name: str = typer.Argument(...), subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP)) -> None:
+def subject_show(name: str = typer.Argument(..., help="Subject name (see `reenact subject list`)."),
+                 subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP)) -> None:
     """Show a subject's profile and consent record as JSON."""
     from reenact.subject import load_subject
 
@@ -291,7 +302,7 @@ def subject_show(name: str = typer.Argument(...), subjects_dir: Optional[Path] =
 
 @subject_app.command("delete")
 @command
-def subject_delete(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", help="Do not ask."),
+def subject_delete(name: str = typer.Argument(..., help="Subject name (see `reenact subject list`)."), yes: bool = typer.Option(False, "--yes", help="Do not ask."),
                    subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP)) -> None:
     """Delete a subject folder (portrait copy, consent copy, speech and voice model)."""
     from reenact.subject import delete_subject
@@ -307,10 +318,13 @@ def make(
     subject: str = typer.Option(..., "--subject", help="Subject name (see `reenact subject list`)."),
     driver: Path = typer.Option(..., "--driver", help="Driver video: its motion animates the subject, its speech "
                                                       "is re-voiced in the subject's voice."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output MP4; a JSON report is written beside it."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .mp4; a JSON report is written beside it "
+                                "(OUT.json; both replace files of those names)."),
     backend: str = typer.Option("landmark", help="Motion backend: landmark (default) or lia."),
     size: int = typer.Option(256, help="Face crop size: 256 or 512."),
     reference: str = typer.Option("auto", help="Driver frame motion is measured from: first, auto or a number."),
+    driver_face_index: int = typer.Option(0, min=0, help="Which face of the driver to follow when it shows several "
+                                                         "(0 = largest in its first frame with a face)."),
     transpose: str = typer.Option("auto", help="Voice: 'auto' (driver's pitch range to the subject's) or semitones."),
     crf: int = typer.Option(18, min=0, max=51, help="H.264 quality (lower is better)."),
     visible_label: bool = typer.Option(True, "--visible-label/--no-visible-label",
@@ -332,6 +346,7 @@ def make(
         raise ReenactError(f"--size must be 256 or 512, not {size}")
     options = {"checkpoint": checkpoint} if checkpoint else {}
     config = MakeConfig(animate=AnimateConfig(backend=backend, size=size, reference=reference, crf=crf,
+                                              driver_face_index=driver_face_index,
                                               visible_label=visible_label, backend_options=options),
                         transpose=transpose, measure=measure,
                         voice_options={"device": voice_device, "dtype": voice_dtype, "seed": seed})
@@ -387,7 +402,7 @@ def voice_train(
     base_d: Optional[str] = typer.Option(None, "--base-d", help="sovits: base discriminator D_0.pth (file or name)."),
     template: str = typer.Option("so-vits-svc-4.0v1", help="sovits: so-vits-svc-4.0v1 (768-dim ContentVec) or legacy "
                                  "(256-dim)."),
-    batch_size: Optional[int] = typer.Option(None, help="sovits: clips per step (default 16)."),
+    batch_size: Optional[int] = typer.Option(None, help="sovits: clips per step [default: 16, the template's]."),
     checkpoint_interval: int = typer.Option(1000, help="sovits: steps between checkpoints."),
     keep: int = typer.Option(3, help="sovits: checkpoint pairs kept (0: all)."),
     content: str = typer.Option("contentvec", help="sovits: ContentVec folder, pytorch_model.bin or 'contentvec'."),
@@ -457,11 +472,9 @@ def voice_convert(
     from reenact.voice.convert import convert_voice
 
     _setup_logging(verbose)
-    if transpose != "auto":
-        try:
-            transpose = float(transpose)
-        except ValueError:
-            raise ReenactError(f"--transpose must be 'auto' or a number of semitones, not {transpose!r}") from None
+    from reenact.voice.convert import parse_transpose
+
+    transpose = parse_transpose(transpose)
     options = {"speaker": speaker, "f0_method": f0_method, "predict_f0": predict_f0, "noise_scale": noise_scale,
                "content": content, "device": device, "dtype": dtype, "seed": seed}
     with progress_display() as progress:

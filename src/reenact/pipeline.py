@@ -49,7 +49,8 @@ class AnimateConfig:
     backend: str = "landmark"
     size: int = 256  # crop size the backend works at
     reference: str = "auto"  # "first", "auto" (closest pose to the source) or a frame number
-    face_index: int = 0  # which face in source and driver (0 = largest)
+    face_index: int = 0  # which face in the portrait (0 = largest)
+    driver_face_index: int = 0  # which face in the driver's first frame with a face (0 = largest)
     paste_back: bool = True  # False writes the animated crop alone
     crf: int = 18
     preset: str = "veryfast"
@@ -179,7 +180,7 @@ def animate(
     """
     config = config or AnimateConfig()
     source_path, driver_path = Path(source_path), Path(driver_path)
-    output = check_output_path(output)
+    output = check_output_path(output, (".mp4",))
     if output.resolve() in (source_path.resolve(), driver_path.resolve()):
         raise ReenactError("output would overwrite an input; choose another file name", output)
     clock = _Clock()
@@ -195,7 +196,7 @@ def animate(
     # Pass 1: follow the face through the driver.
     frames = clock.timed("decode", iter_frames(driver_path, info.fps))
     t0 = time.perf_counter()
-    driver = track(frames, detector, config.track, config.face_index, float(info.fps), driver_path,
+    driver = track(frames, detector, config.track, config.driver_face_index, float(info.fps), driver_path,
                    on_frame=lambda i: report("track", i + 1, info.frame_count))
     clock.seconds["track"] += time.perf_counter() - t0 - clock.seconds["decode"]
     if driver.n_missing:
@@ -319,8 +320,14 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
 
     config = config or MakeConfig()
     report_fn = progress or (lambda stage, done, total: None)
-    driver_path, output = Path(driver_path), check_output_path(output)
+    from reenact.voice.convert import parse_transpose
+
+    driver_path, output = Path(driver_path), check_output_path(output, (".mp4",))
+    if output.resolve() == driver_path.resolve():
+        raise ReenactError("output would overwrite the driver; choose another file name", output)
+    parse_transpose(config.transpose)
     subject = load_subject(subject_name, subjects_dir)
+    subject.check_consent()  # the consent document is still the one the record was made from
     info = probe(driver_path)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -337,10 +344,16 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         converted = convert_audio(original, model, config.transpose, options=config.voice_options)
         report_fn("voice", 1, 1)
     elif original is not None:
+        if model is not None:
+            raise ReenactError(f"subject {subject.name}'s voice model is missing; recreate the subject", model)
         log.warning("subject %s has no voice model: the driver's own voice is kept", subject.name)
+    elif model is not None:
+        log.warning("%s: the driver has no audio track, so there is no speech to re-voice: the output is silent",
+                    driver_path)
     timings["voice"] = time.perf_counter() - t
 
-    animate_config = replace(config.animate, consent_sha256=subject.consent.record_sha256())
+    animate_config = replace(config.animate, consent_sha256=subject.consent.record_sha256(),
+                             face_index=subject.face_index)
     result = animate(subject.portrait_path, driver_path, output, animate_config,
                      audio=converted if converted is not None else original, progress=progress)
     timings.update({f"animate.{k}": v for k, v in result.timings.items()})

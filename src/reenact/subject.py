@@ -13,7 +13,9 @@ A subject is a folder under the subjects root (``$REENACT_SUBJECTS``, else
 There is no subject without a consent record: the document's sha256, who
 signed it, the date and the scope. Creation happens in ``.NAME.partial`` and
 is renamed into place when every step is done; running the same command again
-after an interruption resumes from the finished steps.
+after an interruption resumes from the finished steps. ``.NAME.partial/inputs.json``
+describes the inputs of the call that made it (paths, sizes, modification times,
+signer, scope, face index); a call with other inputs starts afresh.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Subject:
     voice_dataset: str | None = None
     created: str = ""
     voice_summary: dict = field(default_factory=dict)
+    face_index: int = 0  # which face of the portrait (0 = largest)
 
     @property
     def portrait_path(self) -> Path:
@@ -88,6 +91,16 @@ class Subject:
     @property
     def voice_model_path(self) -> Path | None:
         return self.folder / self.voice_model if self.voice_model else None
+
+    def check_consent(self) -> None:
+        """Raise when the consent document copy is missing or differs from the consent record."""
+        document = self.folder / self.consent.document
+        if not document.is_file():
+            raise ReenactError("consent document missing: the subject cannot be used without it; recreate the "
+                               "subject with its signed consent", document)
+        if sha256_file(document) != self.consent.sha256:
+            raise ReenactError("consent document changed since the subject was created (its sha256 differs from "
+                               "the consent record); recreate the subject with its signed consent", document)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -130,10 +143,21 @@ def list_subjects(root: Path | None = None) -> list[Subject]:
     return [Subject.load(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "subject.json").exists()]
 
 
+def partial_folder(name: str, root: Path | None = None) -> Path:
+    """Where `create_subject` builds the subject until it is complete."""
+    return (root or subjects_root()) / f".{check_name(name)}.partial"
+
+
 def delete_subject(name: str, root: Path | None = None) -> Path:
-    folder = subject_folder(name, root)
-    if not folder.exists():
+    """Remove the subject folder and any unfinished `.NAME.partial` folder; return the path removed."""
+    folder, partial = subject_folder(name, root), partial_folder(name, root)
+    if not folder.exists() and not partial.exists():
         raise ReenactError(f"no subject named {name!r}")
+    if partial.exists():
+        shutil.rmtree(partial)
+        log.info("removed the unfinished subject folder %s", partial)
+    if not folder.exists():
+        return partial
     shutil.rmtree(folder)
     return folder
 
@@ -152,11 +176,14 @@ def create_subject(
     train_config=None,
     step: StepFn | None = None,
     voice_model: Path | None = None,
+    face_index: int = 0,
 ) -> Subject:
     """Make a subject folder (resumable; nothing appears under NAME until it is complete).
 
     `voice_model`: an already trained voice model (a world .safetensors file, or a so-vits-svc folder with
-    config.json + G_*.pth) to use instead of training one; it is copied into the subject."""
+    config.json + G_*.pth) to use instead of training one; it is copied into the subject.
+    `face_index`: which face of the portrait is the subject (0 = largest).
+    Every input is checked before any work; an unfinished run is resumed only when its inputs are the same."""
     from reenact.face.detect import FaceDetector, choose_face
     from reenact.pipeline import load_image
 
@@ -171,16 +198,29 @@ def create_subject(
     if consent.stat().st_size == 0:
         raise ReenactError("consent document is empty", consent)
     image = load_image(portrait)  # checks the file is a readable image
+    speech_files = _check_speech(speech)
+    if voice_model is not None:
+        _check_voice_model(Path(voice_model))
+    stamp = _input_stamp(portrait, consent, speech, speech_files, voice_model, signer, scope, face_index,
+                         train_config)
     root.mkdir(parents=True, exist_ok=True)
-    partial = root / f".{name}.partial"
+    partial = partial_folder(name, root)
+    stamp_path = partial / "inputs.json"
+    if partial.exists() and _read_stamp(stamp_path) != stamp:
+        log.info("%s: left by a run with other inputs (or unknown ones); started afresh", partial)
+        shutil.rmtree(partial)
+    elif partial.exists():
+        log.info("%s: resuming an unfinished run with the same inputs", partial)
     partial.mkdir(exist_ok=True)
+    if not stamp_path.exists():
+        _write_atomic(stamp_path, json.dumps(stamp, indent=2))
 
     # 1. Portrait and its face.
     say("portrait")
     kept_portrait = partial / f"portrait{portrait.suffix.lower()}"
     if not kept_portrait.exists():
         faces = FaceDetector().detect(image, upsample=1)
-        face = choose_face(faces, 0, portrait)
+        face = choose_face(faces, face_index, portrait)
         (partial / "face.json").write_text(json.dumps(
             {"box": face.box.tolist(), "landmarks": face.landmarks.tolist(), "faces_found": len(faces)}))
         _copy_atomic(portrait, kept_portrait)
@@ -207,23 +247,98 @@ def create_subject(
         if not (partial / "voice" / "dataset" / "manifest.json").exists() or not model.exists():
             say("voice prepare")
             prepared = prepare_dataset([Path(p) for p in speech], dataset)
-            summary["prepare"] = asdict(prepared) if hasattr(prepared, "__dataclass_fields__") else str(prepared)
+            prepared = asdict(prepared) if hasattr(prepared, "__dataclass_fields__") else str(prepared)
+            summary["prepare"] = _relative_paths(prepared, partial)  # the partial folder is renamed below
         if given_model is None and not model.exists():
             say("voice train")
             train_voice(dataset, model, train_config)
         voice_model, voice_dataset = "voice/model.safetensors", "voice/dataset"
     if given_model is not None:
+        say("voice model")
         voice_model = _copy_voice_model(Path(given_model), partial / "voice")
 
     subject = Subject(name=name, folder=folder, portrait=kept_portrait.name, consent=record,
                       voice_model=voice_model, voice_dataset=voice_dataset,
-                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), voice_summary=summary)
+                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), voice_summary=summary,
+                      face_index=face_index)
     data = subject.to_json()
     data.pop("folder")
     (partial / "subject.json").write_text(json.dumps(data, indent=2))
+    stamp_path.unlink()  # only the unfinished folder needs it
     os.replace(partial, folder)
     say("done")
     return subject
+
+
+def _check_speech(speech: list[Path] | None) -> list[Path]:
+    """The speech files the inputs name (files, and media files under folders); raise when one is missing."""
+    if not speech:
+        return []
+    from reenact.voice.dataset import find_inputs
+
+    for p in map(Path, speech):
+        if not p.exists():
+            raise ReenactError("speech input not found: give existing audio/video files or folders", p)
+    files = find_inputs([Path(p) for p in speech])
+    if not files:
+        raise ReenactError("no audio or video files found in the speech inputs", Path(speech[0]))
+    return files
+
+
+def _check_voice_model(src: Path) -> None:
+    """Raise when a given voice model does not exist or is not one (before any work is done)."""
+    from reenact.voice.convert import detect_backend
+
+    if not src.exists():
+        raise ReenactError("voice model not found: give a trained voice model, or leave it out to train one", src)
+    if detect_backend(src) == "sovits":
+        from reenact.voice.sovits_infer import find_generator
+
+        find_generator(src)
+
+
+def _file_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _input_stamp(portrait: Path, consent: Path, speech: list[Path] | None, speech_files: list[Path],
+                 voice_model: Path | None, signer: str | None, scope: str, face_index: int,
+                 train_config) -> dict:
+    """What a create_subject call was given: an unfinished folder is resumed only for the same stamp."""
+    return {
+        "portrait": _file_stamp(portrait),
+        "consent": _file_stamp(consent),
+        "speech": [str(Path(p).resolve()) for p in speech or []],
+        "speech_files": [_file_stamp(p) for p in speech_files],
+        "voice_model": str(Path(voice_model).expanduser().resolve()) if voice_model is not None else None,
+        "signer": signer,
+        "scope": scope,
+        "face_index": face_index,
+        "train_config": (json.loads(json.dumps(asdict(train_config), default=str))
+                         if hasattr(train_config, "__dataclass_fields__") else None),
+    }
+
+
+def _read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _relative_paths(value: object, folder: Path) -> object:
+    """`value` with every string naming a path under `folder` made relative to it (for JSON summaries)."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, folder) for v in value]
+    if isinstance(value, str):
+        for base in (str(folder.resolve()), str(folder)):
+            if value == base:
+                return "."
+            value = value.replace(base + os.sep, "")  # also paths inside messages
+    return value
 
 
 def _copy_voice_model(src: Path, voice_dir: Path) -> str:
@@ -248,4 +363,10 @@ def _copy_voice_model(src: Path, voice_dir: Path) -> str:
 def _copy_atomic(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.partial")
     shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write_atomic(dst: Path, text: str) -> None:
+    tmp = dst.with_name(f".{dst.name}.partial")
+    tmp.write_text(text)
     os.replace(tmp, dst)

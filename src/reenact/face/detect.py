@@ -198,8 +198,8 @@ def track(
             if last_known is None and boxes:  # first acquisition: the face asked for
                 faces_in_first = len(boxes)
                 if face_index >= len(boxes):
-                    raise ReenactError(f"--face-index {face_index} asked for, but only {len(boxes)} "
-                                       f"face(s) found in the driver", path)
+                    raise ReenactError(f"--driver-face-index {face_index} asked for, but only {len(boxes)} "
+                                       f"face(s) found in the video", path)
                 box = boxes[face_index][0]
             elif boxes:  # keyframe or re-acquisition: the detection that overlaps our face
                 tracked = relation.box_for(last_known)
@@ -227,7 +227,7 @@ def track(
         raise ReenactError("no face found in any frame of the driver video", path)
     bridged = _bridge(raw)
     if faces_in_first > 1:
-        log.warning("%s: %d faces in the driver; following face %d (0 = largest); choose with --face-index N",
+        log.warning("%s: %d faces in the video; following face %d (0 = largest); choose with --driver-face-index N",
                     path or "driver", faces_in_first, face_index)
     return Track(landmarks=smooth_landmarks(bridged, fps, config.smooth_seconds), raw=bridged,
                  found=found, frame_size=frame_size, faces_in_first=max(faces_in_first, 1))

@@ -179,11 +179,14 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Refuse an output path whose folder is missing or which is a folder."""
+def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse an output path whose folder is missing, which is a folder, or (given `suffixes`) whose suffix
+    is not one of them."""
     path = Path(path)
     if path.is_dir():
         raise ReenactError("is a folder; give an output file name such as out.mp4", path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ReenactError(f"output must be a {' or '.join(suffixes)} file", path)
     if not path.parent.exists():
         raise ReenactError(f"output folder {path.parent} does not exist; create it first", path)
     if not os.access(path.parent, os.W_OK):

@@ -89,3 +89,14 @@ def test_two_faces_uses_the_largest_with_a_note(tmp_path: Path, example, caplog)
         animate(portrait, driver, tmp_path / "none.mp4", AnimateConfig(driver_face_index=1), backend=StillBackend())
     with pytest.raises(ReenactError, match="must be a .mp4 file"):
         animate(portrait, driver, tmp_path / "out.txt", AnimateConfig(), backend=StillBackend())
+
+
+def test_crop_size_auto_is_512_for_large_faces_with_the_landmark_backend() -> None:
+    from reenact.pipeline import resolve_size
+
+    assert resolve_size(AnimateConfig(), 460.0) == 512  # the example portrait's crop: blown up 1.8x at 256
+    assert resolve_size(AnimateConfig(), 300.0) == 256
+    assert resolve_size(AnimateConfig(backend="lia"), 700.0) == 256  # LIA's checkpoints are 256
+    assert resolve_size(AnimateConfig(size=256), 700.0) == 256
+    with pytest.raises(ReenactError, match="--size must be"):
+        resolve_size(AnimateConfig(size=300), 700.0)

@@ -68,6 +68,12 @@ def progress_display(enabled: bool = True) -> Iterator:
         yield update
 
 
+def _crop_size(value: str) -> int | str:
+    if value not in ("auto", "256", "512"):
+        raise ReenactError(f"--size must be 256, 512 or auto, not {value!r}")
+    return value if value == "auto" else int(value)
+
+
 class Reference(str, Enum):
     first = "first"
     auto = "auto"
@@ -81,7 +87,9 @@ def animate(
     output: Path = typer.Option(..., "--output", "-o", help="Output .mp4 path (its folder must exist; an existing "
                                 "file is replaced)."),
     backend: str = typer.Option("landmark", help="Motion backend: landmark (default, no weights needed) or lia."),
-    size: int = typer.Option(256, help="Face crop size the backend works at: 256 or 512."),
+    size: str = typer.Option("auto", help="Face crop size the backend works at: 256, 512, or auto (512 for the "
+                                          "landmark backend when the portrait's face crop is 384 px or more, so a "
+                                          "large face is not blown up from 256; else 256)."),
     reference: str = typer.Option("auto", help="Driver frame motion is measured from: 'first', 'auto' "
                                                "(the frame whose pose is closest to the source's) or a frame number."),
     face_index: int = typer.Option(0, min=0, help="Which face of the portrait to animate when it shows several "
@@ -107,8 +115,7 @@ def animate(
     from reenact.pipeline import AnimateConfig, animate as run
 
     _setup_logging(verbose)
-    if size not in (256, 512):
-        raise ReenactError(f"--size must be 256 or 512, not {size}")
+    size = _crop_size(size)
     given = {"checkpoint": checkpoint, "motion": motion, "dtype": dtype, "device": device}
     options = {key: value for key, value in given.items() if value is not None}
     if options and backend == "landmark":
@@ -321,7 +328,8 @@ def make(
     output: Path = typer.Option(..., "--output", "-o", help="Output .mp4; a JSON report is written beside it "
                                 "(OUT.json; both replace files of those names)."),
     backend: str = typer.Option("landmark", help="Motion backend: landmark (default) or lia."),
-    size: int = typer.Option(256, help="Face crop size: 256 or 512."),
+    size: str = typer.Option("auto", help="Face crop size: 256, 512 or auto (512 for the landmark backend on a "
+                                          "large face, else 256; see `reenact animate --help`)."),
     reference: str = typer.Option("auto", help="Driver frame motion is measured from: first, auto or a number."),
     driver_face_index: int = typer.Option(0, min=0, help="Which face of the driver to follow when it shows several "
                                                          "(0 = largest in its first frame with a face)."),
@@ -342,8 +350,7 @@ def make(
     from reenact.pipeline import AnimateConfig, MakeConfig, make as run
 
     _setup_logging(verbose)
-    if size not in (256, 512):
-        raise ReenactError(f"--size must be 256 or 512, not {size}")
+    size = _crop_size(size)
     options = {"checkpoint": checkpoint} if checkpoint else {}
     config = MakeConfig(animate=AnimateConfig(backend=backend, size=size, reference=reference, crf=crf,
                                               driver_face_index=driver_face_index,

@@ -47,7 +47,7 @@ class AnimateConfig:
     """Settings of `reenact animate`."""
 
     backend: str = "landmark"
-    size: int = 256  # crop size the backend works at
+    size: int | str = "auto"  # crop size the backend works at: 256, 512 or "auto" (see resolve_size)
     reference: str = "auto"  # "first", "auto" (closest pose to the source) or a frame number
     face_index: int = 0  # which face in the portrait (0 = largest)
     driver_face_index: int = 0  # which face in the driver's first frame with a face (0 = largest)
@@ -78,6 +78,7 @@ class AnimateResult:
     timings: dict[str, float]  # seconds per stage
     output_id: str = ""  # uuid of this output, carried by the watermarks and the manifest
     payload: str = ""  # the watermarks' 64-bit payload, hex
+    crop_size: int = 256  # the size the backend worked at (what "auto" chose)
 
     @property
     def duration(self) -> float:
@@ -113,6 +114,20 @@ def load_image(path: str | Path, max_side: int = 0) -> np.ndarray:
     return image
 
 
+AUTO_512_SIDE = 384  # "auto": a portrait crop at least this wide (px) is animated at 512
+
+
+def resolve_size(config: AnimateConfig, crop_side: float) -> int:
+    """The crop size: as given, or for "auto" 512 when the landmark backend would otherwise blow a crop of the
+    portrait of `crop_side` >= AUTO_512_SIDE pixels up 1.5x or more (the face looks soft), else 256. Neural
+    backends keep 256 (LIA's published checkpoints are 256)."""
+    if config.size == "auto":
+        return 512 if config.backend == "landmark" and crop_side >= AUTO_512_SIDE else 256
+    if config.size not in (256, 512):
+        raise ReenactError(f"--size must be 256, 512 or auto, not {config.size}")
+    return int(config.size)
+
+
 def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConfig) -> Source:
     """Load the portrait, find the face, and cut the square crop the backend animates."""
     image = load_image(path, config.max_side)
@@ -121,7 +136,8 @@ def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConf
         image = np.ascontiguousarray(image[: h - h % 2, : w - w % 2])
     faces = detector.detect(image, upsample=1)
     face = choose_face(faces, config.face_index, Path(path))
-    crop = Crop.from_box(face_box(face.landmarks, config.crop), config.size)
+    box = face_box(face.landmarks, config.crop)
+    crop = Crop.from_box(box, resolve_size(config, float(box[2])))
     landmarks = crop.to_crop(face.landmarks)
     return Source(image=image, crop=crop, face=SourceFace(crop.apply(image), landmarks), landmarks=face.landmarks)
 
@@ -189,7 +205,10 @@ def animate(
 
     info = probe(driver_path)
     detector = FaceDetector()
+    if backend is not None:  # a backend object works at its own size
+        config = replace(config, size=backend.size)
     source = prepare_source(source_path, detector, config)
+    config = replace(config, size=source.crop.size)
     backend = backend or create_backend(config.backend, size=config.size, **config.backend_options)
     t = clock.add("setup", t)
 
@@ -277,7 +296,8 @@ def animate(
     size = (source.image.shape[1], source.image.shape[0]) if paste is not None else (config.size, config.size)
     return AnimateResult(output=output, frames=writer.frames_written, fps=info.fps, size=size,
                          reference_index=ref, missing_frames=driver.n_missing, audio=sound is not None,
-                         timings=dict(clock.seconds), output_id=output_id, payload=payload.hex())
+                         timings=dict(clock.seconds), output_id=output_id, payload=payload.hex(),
+                         crop_size=config.size)
 
 
 
@@ -385,7 +405,7 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
                    "portrait_sha256": sha256_file(subject.portrait_path),
                    "voice_model_sha256": _model_sha256(model) if model is not None and model.exists() else None},
         "backends": {"motion": config.animate.backend, "voice": voice_backend if converted is not None else None},
-        "settings": {"size": config.animate.size, "reference": config.animate.reference,
+        "settings": {"size": result.crop_size, "reference": config.animate.reference,
                      "reference_index": result.reference_index, "crf": config.animate.crf,
                      "visible_label": config.animate.visible_label, "transpose": config.transpose,
                      "voice_options": {k: v for k, v in config.voice_options.items() if v is not None}

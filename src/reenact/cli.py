@@ -74,6 +74,15 @@ def _crop_size(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
+def _backend_options(backend: str, **given: str | None) -> dict:
+    """The neural backend options given; refused for the landmark backend, which takes none."""
+    options = {key: value for key, value in given.items() if value is not None}
+    if options and backend == "landmark":
+        raise ReenactError(f"--{', --'.join(options)} {'applies' if len(options) == 1 else 'apply'} to neural "
+                           "backends, not the landmark backend")
+    return options
+
+
 class Reference(str, Enum):
     first = "first"
     auto = "auto"
@@ -116,11 +125,7 @@ def animate(
 
     _setup_logging(verbose)
     size = _crop_size(size)
-    given = {"checkpoint": checkpoint, "motion": motion, "dtype": dtype, "device": device}
-    options = {key: value for key, value in given.items() if value is not None}
-    if options and backend == "landmark":
-        raise ReenactError(f"--{', --'.join(options)} {'applies' if len(options) == 1 else 'apply'} to neural "
-                           "backends, not the landmark backend")
+    options = _backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
     config = AnimateConfig(backend=backend, size=size, reference=reference, face_index=face_index,
                            driver_face_index=driver_face_index, crf=crf,
                            paste_back=paste_back, backend_options=options, visible_label=visible_label)
@@ -338,6 +343,10 @@ def make(
     visible_label: bool = typer.Option(True, "--visible-label/--no-visible-label",
                                        help="The 'AI-generated' badge; switching it off is recorded in the manifest."),
     checkpoint: Optional[str] = typer.Option(None, help="Neural backends: checkpoint file or registry name."),
+    motion: Optional[str] = typer.Option(None, help="LIA: 'relative' (default) or 'absolute' (see `animate --help`)."),
+    dtype: Optional[str] = typer.Option(None, help="Neural motion backends: float32 (default) or bfloat16."),
+    device: Optional[str] = typer.Option(None, help="Neural motion backends: cpu or cuda (default: cuda when "
+                                                    "available)."),
     voice_device: Optional[str] = typer.Option(None, help="so-vits-svc voice: cpu or cuda (default: cuda if present)."),
     voice_dtype: str = typer.Option("float32", help="so-vits-svc voice: float32, or bfloat16 (about 1.6x faster on "
                                                     "CPUs with AMX/AVX512-BF16; 0.5% RMS from float32)."),
@@ -351,7 +360,7 @@ def make(
 
     _setup_logging(verbose)
     size = _crop_size(size)
-    options = {"checkpoint": checkpoint} if checkpoint else {}
+    options = _backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
     config = MakeConfig(animate=AnimateConfig(backend=backend, size=size, reference=reference, crf=crf,
                                               driver_face_index=driver_face_index,
                                               visible_label=visible_label, backend_options=options),

@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--portraits", nargs="+", default=["biden.jpg", "obama.jpg", "macron.png", "liax_portrait2.png"])
     parser.add_argument("--drivers", nargs="*", default=None, help="driver file names (default: all)")
     parser.add_argument("--backend", default="landmark")
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", default="auto", help="256, 512 or auto (the CLI's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
 
@@ -52,7 +52,7 @@ def main() -> int:
                 out = Path(tmp) / f"{driver.stem}_{Path(name).stem}.mp4"
                 t = time.perf_counter()
                 animate(ASSETS / "portraits" / name, driver, out,
-                                 AnimateConfig(backend=args.backend, size=args.size))
+                                 AnimateConfig(backend=args.backend, size=args.size if args.size == "auto" else int(args.size)))
                 seconds = time.perf_counter() - t
                 n_out, fps_out, a_out, _ = streams(out)
                 measures = evaluate_face(out, ASSETS / "portraits" / name, driver, identity_samples=16)

@@ -314,7 +314,8 @@ def subject_show(name: str = typer.Argument(..., help="Subject name (see `reenac
 
 @subject_app.command("delete")
 @command
-def subject_delete(name: str = typer.Argument(..., help="Subject name (see `reenact subject list`)."), yes: bool = typer.Option(False, "--yes", help="Do not ask."),
+def subject_delete(name: str = typer.Argument(..., help="Subject name (see `reenact subject list`)."),
+                   yes: bool = typer.Option(False, "--yes", help="Do not ask."),
                    subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP)) -> None:
     """Delete a subject folder (portrait copy, consent copy, speech and voice model)."""
     from reenact.subject import delete_subject
@@ -488,9 +489,6 @@ def voice_convert(
     from reenact.voice.convert import convert_voice
 
     _setup_logging(verbose)
-    from reenact.voice.convert import parse_transpose
-
-    transpose = parse_transpose(transpose)
     options = {"speaker": speaker, "f0_method": f0_method, "predict_f0": predict_f0, "noise_scale": noise_scale,
                "content": content, "device": device, "dtype": dtype, "seed": seed}
     with progress_display() as progress:

@@ -215,7 +215,8 @@ def prepare_dataset(inputs: list[Path], out_dir: Path, config: PrepareConfig | N
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReenactError("output exists and is not a folder", out_dir)
-    paths = [p for p in find_inputs(inputs) if p.resolve() not in _own_clips(out_dir)]
+    own = _own_clips(out_dir)
+    paths = [p for p in find_inputs(inputs) if p.resolve() not in own]
     if not paths:
         raise ReenactError("no audio or video files found in the inputs", Path(inputs[0]) if inputs else None)
     created = not out_dir.exists()

@@ -294,6 +294,44 @@ def test_long_input_converts_in_pieces_cut_in_pauses(voice_model, monkeypatch):
         assert db[int(cut / 240) - 1] < db.max() - 30
 
 
+def test_pause_pieces_hold_a_bounded_length_and_do_not_depend_on_the_blocks():
+    """A long input is cut as it arrives, in pauses, never holding over 1.5 pieces; the cuts are the same
+    whatever the block size, and take_pieces finds the same pieces again."""
+    x = speechlike(20, sr=16000, f0=110, seed=3)
+    whole = list(F.pause_pieces([x], 16000, 3.0))
+    for size in (1000, 4096, 70001):
+        blocks = [x[i:i + size] for i in range(0, len(x), size)]
+        pieces = list(F.pause_pieces(blocks, 16000, 3.0))
+        assert [len(p) for p in pieces] == [len(p) for p in whole]
+        again = list(F.take_pieces(iter(blocks), [len(p) for p in pieces]))
+        assert all(np.array_equal(a, b) for a, b in zip(again, pieces))
+    lengths = [len(p) for p in whole]
+    assert sum(lengths) == len(x) and len(lengths) >= 5
+    assert all(0.75 * 3 * 16000 <= n <= 1.25 * 3 * 16000 + 320 for n in lengths[:-1]) and lengths[-1] <= 1.5 * 3 * 16000
+    db = F.frame_db(x, 16000)
+    for cut in np.cumsum(lengths)[:-1]:  # each cut in a pause
+        assert db[int(cut / 160) - 1] < db.max() - 30
+
+
+def test_long_file_is_streamed_piece_by_piece(voice_model, tmp_path, monkeypatch):
+    """convert_voice streams an input over CHUNK_SECONDS (decoded twice in blocks, written as it comes) and
+    gives what converting it in memory gives."""
+    from reenact.voice import world as W
+    from reenact.voice.convert import convert_voice as convert_any
+
+    monkeypatch.setattr(W, "CHUNK_SECONDS", 3.0)
+    x = speechlike(10, sr=24000, f0=110, seed=12)
+    sf.write(tmp_path / "long.wav", x, 24000, subtype="FLOAT")
+    calls = []
+    out = convert_any(tmp_path / "long.wav", voice_model, tmp_path / "out.wav",
+                      progress=lambda done, total: calls.append((done, total)))
+    y, sr = sf.read(out)
+    assert sr == 24000 and len(y) == len(x)
+    assert len(calls) >= 3 and calls[-1][0] == calls[-1][1] == len(calls)
+    in_memory = W.convert_array(x.astype(np.float32), VoiceModel.load(voice_model), chunk_seconds=3.0)
+    assert np.max(np.abs(y - np.clip(in_memory, -1, 1))) < 2 / 32768  # the same, but for the 16-bit output
+
+
 def test_frame_gain_cap_stops_bursts_from_flat_frames():
     """A near-silent flat frame given a vowel's shape at the same mean log level is far louder: capped."""
     from reenact.voice.world import cap_frame_gain

@@ -62,6 +62,16 @@ def has_audio(path: str | Path) -> bool:
 
 def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = False) -> Audio:
     """Decode a file's first audio track (resampled to `sample_rate` if given)."""
+    rate, _ = audio_format(path)
+    rate = sample_rate or rate
+    chunks = list(iter_audio(path, rate, mono))
+    if not chunks:
+        raise ReenactError("audio track has no samples", Path(path))
+    return Audio(np.concatenate(chunks, axis=1), int(rate))
+
+
+def audio_format(path: str | Path) -> tuple[int, int]:
+    """(sample rate, channels) of a file's first audio track."""
     from reenact.media.video import open_container
 
     path = Path(path)
@@ -69,12 +79,21 @@ def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Fa
         if not container.streams.audio:
             raise ReenactError("has no audio track", path)
         stream = container.streams.audio[0]
-        rate = sample_rate or stream.codec_context.sample_rate or stream.rate
+        return int(stream.codec_context.sample_rate or stream.rate), int(stream.codec_context.channels or 1)
+
+
+def iter_audio(path: str | Path, sample_rate: int, mono: bool = False) -> Iterator[np.ndarray]:
+    """Decode a file's first audio track block by block: float32 (channels, n) at `sample_rate`, mono or
+    (for two or more channels) stereo. For inputs too long to hold whole."""
+    from reenact.media.video import open_container
+
+    path = Path(path)
+    with open_container(path) as container:
+        if not container.streams.audio:
+            raise ReenactError("has no audio track", path)
+        stream = container.streams.audio[0]
         layout = "mono" if mono else ("stereo" if (stream.codec_context.channels or 1) > 1 else "mono")
-        chunks = [c for c in _decode(container, stream, path, rate, layout)]
-    if not chunks:
-        raise ReenactError("audio track has no samples", path)
-    return Audio(np.concatenate(chunks, axis=1), int(rate))
+        yield from _decode(container, stream, path, sample_rate, layout)
 
 
 def _decode(container, stream, path: Path, rate: int, layout: str) -> Iterator[np.ndarray]:

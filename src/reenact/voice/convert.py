@@ -95,11 +95,15 @@ def convert_audio(audio: Audio, model: Any, transpose: str | float = "auto", bac
 def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str | float = "auto",
                   backend: str = "auto", options: dict | None = None,
                   progress: Callable[[int, int], None] | None = None) -> Path:
-    """Convert the speech of any audio or video file; write WAV or FLAC (by suffix) atomically."""
+    """Convert the speech of any audio or video file; write WAV or FLAC (by suffix) atomically.
+
+    With the world backend an input over ``world.CHUNK_SECONDS`` is streamed: decoded twice in blocks,
+    converted piece by piece and written as it comes, so memory does not grow with its length."""
     import soundfile as sf
 
-    from reenact.media.audio import read_audio
+    from reenact.media.audio import audio_format, iter_audio
     from reenact.media.video import check_output_path
+    from reenact.voice import world
 
     input_path, out_path = Path(input_path), check_output_path(out_path)
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(out_path.suffix.lower())
@@ -110,23 +114,44 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     transpose = parse_transpose(transpose)
     voice = load_voice(model, backend, options)
     start = time.perf_counter()
-    audio = read_audio(input_path, mono=True)
-    x = audio.mono().astype(np.float32)
-    if x.size and np.max(np.abs(x)) < 1e-4:
-        log.warning("%s: input is silent", input_path)
+    rate, _ = audio_format(input_path)
+    read = lambda: (block[0] for block in iter_audio(input_path, rate, mono=True))
+    stream = isinstance(voice, world.VoiceModel)
+    blocks, head, held = read(), [], 0  # the first CHUNK_SECONDS decide: in memory, or streamed
+    for block in blocks:
+        head.append(block)
+        held += len(block)
+        if stream and held > world.CHUNK_SECONDS * rate:
+            blocks.close()
+            break
+    else:
+        stream = False
+    if not head:
+        raise ReenactError("audio track has no samples", input_path)
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial{out_path.suffix}")
+    seconds = held / rate
     try:
-        y, sr = convert_array(x, audio.sample_rate, voice, transpose, options, progress)
+        if not stream:
+            x = np.concatenate(head).astype(np.float32)
+            if np.max(np.abs(x)) < 1e-4:
+                log.warning("%s: input is silent", input_path)
+            y, sr = convert_array(x, rate, voice, transpose, options, progress)
+            sf.write(str(tmp), np.clip(y, -1, 1).astype(np.float32), sr, format=fmt, subtype="PCM_16")
+        else:  # long: converted piece by piece, written as it comes
+            head.clear()
+            seconds = 0.0
+            with sf.SoundFile(str(tmp), "w", voice.sample_rate, 1, "PCM_16", format=fmt) as out:
+                for part in world.convert_blocks(read, rate, voice, transpose, chunk_seconds=world.CHUNK_SECONDS,
+                                                 progress=progress):
+                    out.write(np.clip(part, -1, 1))
+                    seconds += len(part) / voice.sample_rate
+        os.replace(tmp, out_path)
     except ReenactError as exc:
         if exc.path is None:
             raise ReenactError(exc.message, input_path) from None
         raise
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial{out_path.suffix}")
-    try:
-        sf.write(str(tmp), np.clip(y, -1, 1).astype(np.float32), sr, format=fmt, subtype="PCM_16")
-        os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     took = time.perf_counter() - start
-    log.info("converted %.1f s in %.2f s (real-time factor %.3f)", len(x) / audio.sample_rate, took,
-             took / max(len(x) / audio.sample_rate, 1e-9))
+    log.info("converted %.1f s in %.2f s (real-time factor %.3f)", seconds, took, took / max(seconds, 1e-9))
     return out_path

@@ -13,7 +13,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyworld
@@ -143,11 +143,55 @@ def quiet_cuts(x: np.ndarray, fs: int, n_frames: int, parts: int, frame_period: 
     span = len(db) / parts
     cuts = [0]
     for i in range(1, parts):
-        lo, hi = int(span * (i - 0.35)), int(span * (i + 0.35))
-        quiet = np.flatnonzero(db[lo:hi] <= db[lo:hi].min() + 6.0) + lo
-        j = int(quiet[np.argmin(np.abs(quiet - span * i))])
+        j = _quiet_frame(db, int(span * (i - 0.35)), int(span * (i + 0.35)), span * i)
         cuts.append(int(round((j * 10 + 10) / frame_period)))  # centre of the 20 ms frame
     return cuts + [n_frames]
+
+
+def _quiet_frame(db: np.ndarray, lo: int, hi: int, near: float) -> int:
+    """The frame of `db[lo:hi]` nearest `near` among those within 6 dB of the quietest there."""
+    quiet = np.flatnonzero(db[lo:hi] <= db[lo:hi].min() + 6.0) + lo
+    return int(quiet[np.argmin(np.abs(quiet - near))])
+
+
+def pause_pieces(blocks: Iterable[np.ndarray], sr: int, seconds: float) -> Iterator[np.ndarray]:
+    """Join mono `blocks` and cut them, as they come, into pieces of about `seconds` (0.75-1.25 times) cut in
+    pauses (the 20 ms frame nearest the mark among those within 6 dB of the quietest there). Holds at most
+    1.5 `seconds` of audio: a long input is never in memory whole. The last piece is the rest (up to 1.5
+    `seconds`); an input of at most 1.5 `seconds` is one piece."""
+    held: list[np.ndarray] = []
+    size, limit, mark = 0, int(1.5 * seconds * sr), seconds * 100  # mark: in 10 ms frames
+    for block in blocks:
+        held.append(np.asarray(block))
+        size += len(held[-1])
+        while size > limit:
+            x = np.concatenate(held)
+            db = frame_db(x[: int(1.3 * seconds * sr)], sr)  # 20 ms frames every 10 ms
+            j = _quiet_frame(db, int(0.75 * mark), int(1.25 * mark), mark)
+            cut = int(round((j * 10 + 10) * sr / 1000))  # centre of the 20 ms frame
+            yield x[:cut]
+            held, size = [x[cut:]], len(x) - cut
+    if size:
+        yield np.concatenate(held)
+
+
+def take_pieces(blocks: Iterable[np.ndarray], sizes: list[int]) -> Iterator[np.ndarray]:
+    """Join `blocks` and cut them into pieces of `sizes` samples (as `pause_pieces` found them on a first
+    read of the same input); a short last piece is padded with zeros."""
+    held: list[np.ndarray] = []
+    size = 0
+    it = iter(blocks)
+    for n in sizes:
+        while size < n:
+            block = next(it, None)
+            if block is None:
+                break
+            held.append(np.asarray(block))
+            size += len(held[-1])
+        x = np.concatenate(held) if held else np.zeros(0)
+        piece = x[:n]
+        yield np.pad(piece, (0, n - len(piece)))
+        held, size = [x[n:]], max(0, len(x) - n)
 
 
 def harvest_f0(x: np.ndarray, fs: int, frame_period: float = FRAME_PERIOD, floor: float = HARVEST_FLOOR,

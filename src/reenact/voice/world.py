@@ -49,7 +49,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyworld
@@ -588,41 +588,58 @@ def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "au
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Convert mono float speech at the model's sample rate; same length, same loudness.
 
-    Inputs over `chunk_seconds` are converted piece by piece, cut in pauses (``features.quiet_cuts``), so
-    that memory stays bounded whatever the length (WORLD's envelopes take ~25 kB per 5 ms frame). The F0
-    of every piece is found first, so that with ``auto`` all are transposed by the log-F0 statistics of
-    the whole input. `progress(done, total)` is called after each piece."""
+    Inputs over `chunk_seconds` are converted piece by piece as `convert_blocks` does. `progress(done,
+    total)` is called after each piece."""
     fs = model.sample_rate
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     if peak < 1e-4:  # silence converts to silence
         return np.zeros_like(x)
-    parts = int(np.ceil(len(x) / (chunk_seconds * fs)))
-    if parts <= 1:
+    if len(x) <= chunk_seconds * fs:
         y = _convert_piece(x, model, transpose, method)
         if progress:
             progress(1, 1)
         return y
-    hop = fs * F.FRAME_PERIOD / 1000
-    cuts = [min(len(x), int(round(c * hop))) for c in F.quiet_cuts(x, fs, F.world_frames(len(x), fs), parts)]
-    cuts[-1] = len(x)
-    pieces = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-    # first every piece's F0 (small), for the statistics of the whole input; then the rest piece by piece
-    f0s = [F.analyze_f0(x[a:b], fs, f0_method=conversion_f0_method(model), threads=conversion_threads())
-           for a, b in pieces]
+    y = np.concatenate(list(convert_blocks(lambda: iter([x]), fs, model, transpose, method, chunk_seconds, progress)))
+    return np.pad(y, (0, max(0, len(x) - len(y))))[: len(x)]
+
+
+def convert_blocks(read: Callable[[], Iterable[np.ndarray]], rate: int, model: VoiceModel,
+                   transpose: str | float = "auto", method: str | None = None,
+                   chunk_seconds: float = CHUNK_SECONDS,
+                   progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+    """Convert a long input, read twice as mono blocks at `rate` by `read()`, piece by piece: yields the
+    converted pieces (float32, at the model's rate) in order.
+
+    The pieces are about `chunk_seconds` long and cut in pauses (``features.pause_pieces``), so memory is
+    bounded by one piece (WORLD's envelopes take ~25 kB per 5 ms frame) whatever the input's length. The first
+    read finds every piece's F0 (small), so that with ``auto`` all are transposed by the log-F0 statistics of
+    the whole input; the second converts. `progress(done, total)` is called after each piece."""
+    fs = model.sample_rate
+    f0_method, threads = conversion_f0_method(model), conversion_threads()
     fill = int(model.meta["config"].get("f0_fill", 0))
-    stats = F.lf0_stats(np.concatenate([fill_f0_gaps(f0, fill) for f0 in f0s]))
-    y = np.empty(len(x), np.float32)  # float32: an hour at 44.1 kHz is 0.6 GB
-    fade = np.linspace(0.0, 1.0, min(int(0.005 * fs), min(b - a for a, b in pieces) // 2))
-    for i, ((a, b), f0) in enumerate(zip(pieces, f0s)):
-        log.debug("converting piece %d/%d (%.1f-%.1f s)", i + 1, len(pieces), a / fs, b / fs)
-        part = _convert_piece(x[a:b], model, transpose, method, stats, f0)
+    sizes, f0s = [], []
+    for piece in F.pause_pieces(read(), rate, chunk_seconds):
+        x = _at_rate(piece, rate, fs)
+        F.check_signal(x, fs, None, min_seconds=0.0)
+        sizes.append(len(piece))
+        f0s.append(F.analyze_f0(x, fs, f0_method=f0_method, threads=threads))
+    stats = F.lf0_stats(np.concatenate([fill_f0_gaps(f0, fill) for f0 in f0s] or [np.zeros(0)]))
+    for i, (piece, f0) in enumerate(zip(F.take_pieces(read(), sizes), f0s)):
+        x = _at_rate(piece, rate, fs)
+        log.debug("converting piece %d/%d (%.1f s)", i + 1, len(sizes), len(x) / fs)
+        part = _convert_piece(x, model, transpose, method, stats, f0).astype(np.float32)
+        fade = np.linspace(0.0, 1.0, min(int(0.005 * fs), len(part) // 2))
         if len(fade):  # the cuts are in pauses: fade each piece in and out over 5 ms, so no join clicks
             part[: len(fade)] *= fade
             part[len(part) - len(fade):] *= fade[::-1]
-        y[a:b] = part
+        yield part
         if progress:
-            progress(i + 1, len(pieces))
-    return y
+            progress(i + 1, len(sizes))
+
+
+def _at_rate(x: np.ndarray, rate: int, fs: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x if rate == fs else F.resample(x, rate, fs)
 
 
 def _convert_piece(x: np.ndarray, model: VoiceModel, transpose: str | float, method: str | None,

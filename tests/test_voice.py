@@ -283,7 +283,8 @@ def test_long_input_converts_in_pieces_cut_in_pauses(voice_model, monkeypatch):
     calls = []
     y = W.convert_array(x, model, chunk_seconds=3.0, progress=lambda done, total: calls.append((done, total)))
     assert len(lengths) == 3 and sum(lengths) == len(x) and min(lengths) > 2 * 24000
-    assert calls == [(1, 3), (2, 3), (3, 3)]  # the CLI's progress bar advances piece by piece
+    # the CLI's progress bar advances piece by piece: the F0 read (total not known yet), then the conversion
+    assert calls == [(1, 0), (2, 0), (3, 0), (4, 6), (5, 6), (6, 6)]
     assert len(y) == len(x) and np.isfinite(y).all()
     f0, f0_whole = F.f0_track(y, 24000), F.f0_track(whole, 24000)
     assert abs(np.median(f0[f0 > 0]) / np.median(f0_whole[f0_whole > 0]) - 1) < 0.03  # same transposition

@@ -63,7 +63,7 @@ def progress_display(enabled: bool = True) -> Iterator:
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total or None)
-            bar.update(tasks[stage], completed=done, total=max(total, done) or None)
+            bar.update(tasks[stage], completed=done, total=max(total, done) if total else None)  # 0: not known
 
         yield update
 
@@ -493,7 +493,7 @@ def voice_convert(
                "content": content, "device": device, "dtype": dtype, "seed": seed}
     with progress_display() as progress:
         out = convert_voice(input, model, output, transpose, backend, options,
-                            lambda done, total: progress("chunks", done, total))
+                            lambda done, total: progress("pieces", done, total))
     sys.stdout.write(f"{out}\n")
 
 

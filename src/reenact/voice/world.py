@@ -588,8 +588,8 @@ def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "au
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Convert mono float speech at the model's sample rate; same length, same loudness.
 
-    Inputs over `chunk_seconds` are converted piece by piece as `convert_blocks` does. `progress(done,
-    total)` is called after each piece."""
+    Inputs over `chunk_seconds` are converted piece by piece as `convert_blocks` does, which also calls
+    `progress(done, total)`; a shorter input calls it once, with (1, 1)."""
     fs = model.sample_rate
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     if peak < 1e-4:  # silence converts to silence
@@ -613,7 +613,8 @@ def convert_blocks(read: Callable[[], Iterable[np.ndarray]], rate: int, model: V
     The pieces are about `chunk_seconds` long and cut in pauses (``features.pause_pieces``), so memory is
     bounded by one piece (WORLD's envelopes take ~25 kB per 5 ms frame) whatever the input's length. The first
     read finds every piece's F0 (small), so that with ``auto`` all are transposed by the log-F0 statistics of
-    the whole input; the second converts. `progress(done, total)` is called after each piece."""
+    the whole input; the second converts. `progress(done, total)` is called after each piece of each read:
+    the first read's pieces count as the first half, with total 0 (not known yet), then (n + i, 2n)."""
     fs = model.sample_rate
     f0_method, threads = conversion_f0_method(model), conversion_threads()
     fill = int(model.meta["config"].get("f0_fill", 0))
@@ -623,6 +624,8 @@ def convert_blocks(read: Callable[[], Iterable[np.ndarray]], rate: int, model: V
         F.check_signal(x, fs, None, min_seconds=0.0)
         sizes.append(len(piece))
         f0s.append(F.analyze_f0(x, fs, f0_method=f0_method, threads=threads))
+        if progress:
+            progress(len(f0s), 0)
     stats = F.lf0_stats(np.concatenate([fill_f0_gaps(f0, fill) for f0 in f0s] or [np.zeros(0)]))
     for i, (piece, f0) in enumerate(zip(F.take_pieces(read(), sizes), f0s)):
         x = _at_rate(piece, rate, fs)
@@ -634,7 +637,7 @@ def convert_blocks(read: Callable[[], Iterable[np.ndarray]], rate: int, model: V
             part[len(part) - len(fade):] *= fade[::-1]
         yield part
         if progress:
-            progress(i + 1, len(sizes))
+            progress(len(sizes) + i + 1, 2 * len(sizes))
 
 
 def _at_rate(x: np.ndarray, rate: int, fs: int) -> np.ndarray:

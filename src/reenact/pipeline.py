@@ -337,11 +337,10 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     import soundfile as sf
 
     from reenact.subject import load_subject, sha256_file
+    from reenact.voice.convert import parse_transpose
 
     config = config or MakeConfig()
     report_fn = progress or (lambda stage, done, total: None)
-    from reenact.voice.convert import parse_transpose
-
     driver_path, output = Path(driver_path), check_output_path(output, (".mp4",))
     if output.resolve() == driver_path.resolve():
         raise ReenactError("output would overwrite the driver; choose another file name", output)

@@ -62,38 +62,52 @@ def has_audio(path: str | Path) -> bool:
 
 def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = False) -> Audio:
     """Decode a file's first audio track (resampled to `sample_rate` if given)."""
-    rate, _ = audio_format(path)
-    rate = sample_rate or rate
-    chunks = list(iter_audio(path, rate, mono))
+    from reenact.media.video import open_container
+
+    path = Path(path)
+    with open_container(path) as container:
+        stream = _audio_stream(container, path)
+        rate = sample_rate or _native_rate(stream)
+        chunks = list(_decode(container, stream, path, rate, _layout(stream, mono)))
     if not chunks:
-        raise ReenactError("audio track has no samples", Path(path))
+        raise ReenactError("audio track has no samples", path)
     return Audio(np.concatenate(chunks, axis=1), int(rate))
 
 
-def audio_format(path: str | Path) -> tuple[int, int]:
-    """(sample rate, channels) of a file's first audio track."""
+def audio_rate(path: str | Path) -> int:
+    """The sample rate of a file's first audio track."""
     from reenact.media.video import open_container
 
     path = Path(path)
     with open_container(path) as container:
-        if not container.streams.audio:
-            raise ReenactError("has no audio track", path)
-        stream = container.streams.audio[0]
-        return int(stream.codec_context.sample_rate or stream.rate), int(stream.codec_context.channels or 1)
+        return _native_rate(_audio_stream(container, path))
 
 
 def iter_audio(path: str | Path, sample_rate: int, mono: bool = False) -> Iterator[np.ndarray]:
-    """Decode a file's first audio track block by block: float32 (channels, n) at `sample_rate`, mono or
-    (for two or more channels) stereo. For inputs too long to hold whole."""
+    """Decode a file's first audio track block by block, as `read_audio` does: float32 (channels, n) at
+    `sample_rate`. For inputs too long to hold whole."""
     from reenact.media.video import open_container
 
     path = Path(path)
     with open_container(path) as container:
-        if not container.streams.audio:
-            raise ReenactError("has no audio track", path)
-        stream = container.streams.audio[0]
-        layout = "mono" if mono else ("stereo" if (stream.codec_context.channels or 1) > 1 else "mono")
-        yield from _decode(container, stream, path, sample_rate, layout)
+        stream = _audio_stream(container, path)
+        yield from _decode(container, stream, path, sample_rate, _layout(stream, mono))
+
+
+def _audio_stream(container, path: Path):
+    """The first audio stream of an open container; raise when there is none."""
+    if not container.streams.audio:
+        raise ReenactError("has no audio track", path)
+    return container.streams.audio[0]
+
+
+def _native_rate(stream) -> int:
+    return int(stream.codec_context.sample_rate or stream.rate)
+
+
+def _layout(stream, mono: bool) -> str:
+    """The decoded layout: mono when asked or when the stream has one channel, else stereo (downmixed)."""
+    return "mono" if mono or (stream.codec_context.channels or 1) == 1 else "stereo"
 
 
 def _decode(container, stream, path: Path, rate: int, layout: str) -> Iterator[np.ndarray]:
@@ -128,10 +142,11 @@ def _pcm_blocks(audio: AudioSource) -> tuple[Iterator[np.ndarray], int, str]:
     from reenact.media.video import open_container
 
     container = open_container(audio)
-    if not container.streams.audio:
+    try:
+        stream = _audio_stream(container, Path(audio))
+    except ReenactError:
         container.close()
-        raise ReenactError("has no audio track", audio)
-    stream = container.streams.audio[0]
+        raise
     rate = stream.codec_context.sample_rate or 44100
     if rate not in AAC_RATES:
         rate = 48000

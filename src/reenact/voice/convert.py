@@ -101,7 +101,7 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     converted piece by piece and written as it comes, so memory does not grow with its length."""
     import soundfile as sf
 
-    from reenact.media.audio import audio_format, iter_audio
+    from reenact.media.audio import audio_rate, iter_audio
     from reenact.media.video import check_output_path
     from reenact.voice import world
 
@@ -114,7 +114,7 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     transpose = parse_transpose(transpose)
     voice = load_voice(model, backend, options)
     start = time.perf_counter()
-    rate, _ = audio_format(input_path)
+    rate = audio_rate(input_path)
     read = lambda: (block[0] for block in iter_audio(input_path, rate, mono=True))
     stream = isinstance(voice, world.VoiceModel)
     blocks, head, held = read(), [], 0  # the first CHUNK_SECONDS decide: in memory, or streamed

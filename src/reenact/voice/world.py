@@ -599,8 +599,9 @@ def convert_array(x: np.ndarray, model: VoiceModel, transpose: str | float = "au
         if progress:
             progress(1, 1)
         return y
-    y = np.concatenate(list(convert_blocks(lambda: iter([x]), fs, model, transpose, method, chunk_seconds, progress)))
-    return np.pad(y, (0, max(0, len(x) - len(y))))[: len(x)]
+    # at the model's rate the pieces are cut from `x` itself and each converts to its own length
+    return np.concatenate(list(convert_blocks(lambda: iter([x]), fs, model, transpose, method, chunk_seconds,
+                                              progress)))
 
 
 def convert_blocks(read: Callable[[], Iterable[np.ndarray]], rate: int, model: VoiceModel,

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from conftest import shared
 from reenact.cli import app
 from reenact.errors import ReenactError
-from reenact.subject import create_subject, delete_subject, list_subjects, load_subject, sha256_file
+from reenact.files import sha256_file
+from reenact.subject import create_subject, delete_subject, list_subjects, load_subject
 
 runner = CliRunner()
 

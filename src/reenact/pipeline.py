@@ -15,7 +15,6 @@ Two passes over the driver keep memory constant whatever its length:
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -24,7 +23,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 
 from reenact.animate.base import Backend, DriverFrame, SourceFace, create_backend
@@ -33,7 +31,10 @@ from reenact.face import pose
 from reenact.face.align import Crop, CropConfig, PasteBack, face_box
 from reenact.face.detect import FaceDetector, Track, TrackConfig, choose_face, smooth_boxes, track
 from reenact.media.audio import Audio, read_audio
-from reenact.media.video import VideoWriter, check_output_path, iter_frames, probe, temporary_path
+from reenact.files import sha256_file, temporary_path, write_text
+from reenact.media.container import check_output_path
+from reenact.media.image import load_image
+from reenact.media.video import VideoWriter, iter_frames, probe
 from reenact.provenance import Claims, Payload, VideoMarker, draw_label, mark_audio, sign_mp4
 
 log = logging.getLogger(__name__)
@@ -93,25 +94,6 @@ class Source:
     crop: Crop
     face: SourceFace
     landmarks: np.ndarray  # full-image coordinates
-
-
-def load_image(path: str | Path, max_side: int = 0) -> np.ndarray:
-    """Read an image as RGB uint8, scaled down so its long side is at most `max_side`."""
-    path = Path(path)
-    if not path.exists():
-        raise ReenactError("file not found", path)
-    if path.is_dir():
-        raise ReenactError("is a folder, expected an image", path)
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ReenactError("cannot be read as an image (expected JPEG, PNG, WebP, BMP or TIFF)", path)
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    h, w = image.shape[:2]
-    if max_side and max(h, w) > max_side:
-        s = max_side / max(h, w)
-        image = cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-    return image
 
 
 AUTO_512_SIDE = 384  # "auto": a portrait crop at least this wide (px) is animated at 512
@@ -252,7 +234,7 @@ def animate(
     output_id = str(uuid.uuid4())
     payload = Payload.new(output_id)
     marker = VideoMarker(payload)
-    unsigned = temporary_path(output).with_name(f".{output.stem}.{os.getpid()}.unsigned.mp4")
+    unsigned = temporary_path(output, "unsigned")
     writer = VideoWriter(unsigned, info.fps, crf=config.crf, preset=config.preset)
     try:
         batch: list[DriverFrame] = []
@@ -305,7 +287,6 @@ def animate(
 
 def _model_sha256(model: Path) -> str:
     """sha256 of a voice model file; for a so-vits-svc folder, of its config.json and the generator used."""
-    from reenact.subject import sha256_file
 
     if model.is_dir():
         from reenact.voice.sovits_infer import find_generator
@@ -336,7 +317,7 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
 
     import soundfile as sf
 
-    from reenact.subject import load_subject, sha256_file
+    from reenact.subject import load_subject
     from reenact.voice.convert import parse_transpose
 
     config = config or MakeConfig()
@@ -415,7 +396,5 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         "measures": measures,
     }
     json_path = output.with_suffix(".json")
-    tmp = temporary_path(json_path)
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    os.replace(tmp, json_path)
+    write_text(json_path, json.dumps(report, indent=2, default=float))
     return report

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 from reenact.errors import ReenactError
+from reenact.files import copy_file, sha256_file, write_text
+from reenact.media.image import load_image
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +47,6 @@ def subjects_root() -> Path:
         return Path(os.environ["REENACT_SUBJECTS"])
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "reenact" / "subjects"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -185,7 +179,6 @@ def create_subject(
     `face_index`: which face of the portrait is the subject (0 = largest).
     Every input is checked before any work; an unfinished run is resumed only when its inputs are the same."""
     from reenact.face.detect import FaceDetector, choose_face
-    from reenact.pipeline import load_image
 
     say = step or (lambda message: None)
     root = root or subjects_root()
@@ -213,7 +206,7 @@ def create_subject(
         log.info("%s: resuming an unfinished run with the same inputs", partial)
     partial.mkdir(exist_ok=True)
     if not stamp_path.exists():
-        _write_atomic(stamp_path, json.dumps(stamp, indent=2))
+        write_text(stamp_path, json.dumps(stamp, indent=2))
 
     # 1. Portrait and its face.
     say("portrait")
@@ -223,13 +216,13 @@ def create_subject(
         face = choose_face(faces, face_index, portrait)
         (partial / "face.json").write_text(json.dumps(
             {"box": face.box.tolist(), "landmarks": face.landmarks.tolist(), "faces_found": len(faces)}))
-        _copy_atomic(portrait, kept_portrait)
+        copy_file(portrait, kept_portrait)
 
     # 2. Consent record.
     say("consent")
     kept_consent = partial / f"consent{consent.suffix.lower()}"
     if not kept_consent.exists():
-        _copy_atomic(consent, kept_consent)
+        copy_file(consent, kept_consent)
     record = Consent(document=kept_consent.name, sha256=sha256_file(kept_consent),
                      signer=signer or name, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), scope=scope)
 
@@ -349,24 +342,12 @@ def _copy_voice_model(src: Path, voice_dir: Path) -> str:
         raise ReenactError("voice model not found", src)
     voice_dir.mkdir(parents=True, exist_ok=True)
     if detect_backend(src) == "world":
-        _copy_atomic(src, voice_dir / "model.safetensors")
+        copy_file(src, voice_dir / "model.safetensors")
         return "voice/model.safetensors"
     from reenact.voice.sovits_infer import find_generator
 
     generator, config = find_generator(src)
     (voice_dir / "sovits").mkdir(exist_ok=True)
-    _copy_atomic(config, voice_dir / "sovits" / "config.json")
-    _copy_atomic(generator, voice_dir / "sovits" / generator.name)
+    copy_file(config, voice_dir / "sovits" / "config.json")
+    copy_file(generator, voice_dir / "sovits" / generator.name)
     return "voice/sovits"
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _write_atomic(dst: Path, text: str) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, dst)

@@ -42,6 +42,7 @@ from torch import nn
 
 from reenact.animate.base import DriverFrame, SourceFace
 from reenact.errors import ReenactError
+from reenact.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -603,23 +604,14 @@ def load_generator(path: str | Path, cfg: LiaConfig | None = None) -> Generator:
 
 def atomic_save(obj: dict, path: str | Path) -> None:
     """torch.save (or safetensors save_file for .safetensors) into a temp file beside `path`, then rename."""
-    import os
-    import tempfile
-
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(obj, tmp)
+            save_file(obj, str(tmp))
         else:
             torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_generator(gen: Generator, path: str | Path) -> None:

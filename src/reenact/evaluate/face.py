@@ -36,6 +36,7 @@ import numpy as np
 from reenact.errors import ReenactError
 from reenact.face import pose
 from reenact.face.detect import Face, FaceDetector, FaceEmbedder, Track, TrackConfig, choose_face, track
+from reenact.media.image import load_image
 from reenact.media.video import iter_frames, probe
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,6 @@ def evaluate_face(
 
     Returns a JSON-serialisable dict; measures that cannot be computed are None.
     """
-    from reenact.pipeline import load_image
 
     video, source, driver = Path(video), Path(source), Path(driver)
     report = progress or (lambda stage, done, total: None)

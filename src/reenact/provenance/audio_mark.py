@@ -258,7 +258,7 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """
     import av
 
-    from reenact.media.video import open_container
+    from reenact.media.container import open_container
 
     with open_container(path) as container:
         if not container.streams.audio:

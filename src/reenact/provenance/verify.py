@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def verify(path: str | Path, max_frames: int = 48) -> dict:
     """Report of every marking layer of a media file; `report["marked"]` is the verdict."""
-    from reenact.media.video import open_container
+    from reenact.media.container import open_container
     from reenact.provenance import audio_mark, video_mark
     from reenact.provenance.manifest import read_manifest, read_metadata
 

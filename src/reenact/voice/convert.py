@@ -102,7 +102,7 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     import soundfile as sf
 
     from reenact.media.audio import audio_rate, iter_audio
-    from reenact.media.video import check_output_path
+    from reenact.media.container import check_output_path
     from reenact.voice import world
 
     input_path, out_path = Path(input_path), check_output_path(out_path)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.files import atomic_write, write_text
 from reenact.voice import features as F
 
 log = logging.getLogger(__name__)
@@ -132,18 +132,12 @@ def _key(path: Path) -> str:
 def _write_flac(path: Path, x: np.ndarray, sr: int) -> None:
     import soundfile as sf
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.flac")
-    try:
+    with atomic_write(path) as tmp:
         sf.write(str(tmp), x.astype(np.float32), sr, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / f".manifest.{os.getpid()}.partial"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out_dir / "manifest.json")
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
 
 
 def prepare_file(path: Path, out_dir: Path, cfg: PrepareConfig) -> tuple[list[dict], dict[str, int], float]:

@@ -56,6 +56,7 @@ import pyworld
 from safetensors.numpy import load_file, save_file
 
 from reenact.errors import ReenactError
+from reenact.files import atomic_write
 from reenact.media.audio import Audio
 from reenact.voice import features as F
 from reenact.voice import ppgnet
@@ -148,13 +149,9 @@ class VoiceModel:
 
     def save(self, path: Path) -> Path:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
+        with atomic_write(path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp),
                       metadata={"reenact": json.dumps(self.meta)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -232,7 +232,7 @@ def create_subject(
     summary: dict = {}
     if speech:
         from reenact.voice.dataset import prepare_dataset
-        from reenact.voice.world import train_voice
+        from reenact.voice.world.model import train_voice
 
         dataset = partial / "voice" / "dataset"
         model = partial / "voice" / "model.safetensors"
@@ -280,14 +280,11 @@ def _check_speech(speech: list[Path] | None) -> list[Path]:
 
 def _check_voice_model(src: Path) -> None:
     """Raise when a given voice model does not exist or is not one (before any work is done)."""
-    from reenact.voice.convert import detect_backend
+    from reenact.voice.base import model_files
 
     if not src.exists():
         raise ReenactError("voice model not found: give a trained voice model, or leave it out to train one", src)
-    if detect_backend(src) == "sovits":
-        from reenact.voice.sovits_infer import find_generator
-
-        find_generator(src)
+    model_files(src)
 
 
 def _file_stamp(path: Path) -> dict:
@@ -336,18 +333,16 @@ def _relative_paths(value: object, folder: Path) -> object:
 
 def _copy_voice_model(src: Path, voice_dir: Path) -> str:
     """Copy a trained voice model into the subject; return its path relative to the subject folder."""
-    from reenact.voice.convert import detect_backend
+    from reenact.voice.base import detect_backend, model_files
 
-    if not src.exists():
-        raise ReenactError("voice model not found", src)
+    files = model_files(src)
     voice_dir.mkdir(parents=True, exist_ok=True)
-    if detect_backend(src) == "world":
-        copy_file(src, voice_dir / "model.safetensors")
-        return "voice/model.safetensors"
-    from reenact.voice.sovits_infer import find_generator
-
-    generator, config = find_generator(src)
-    (voice_dir / "sovits").mkdir(exist_ok=True)
-    copy_file(config, voice_dir / "sovits" / "config.json")
-    copy_file(generator, voice_dir / "sovits" / generator.name)
-    return "voice/sovits"
+    if len(files) == 1 and src.is_file():  # one file: voice/model.<suffix>
+        kept = voice_dir / ("model" + src.suffix)
+        copy_file(src, kept)
+        return f"voice/{kept.name}"
+    folder = voice_dir / detect_backend(src)  # several: voice/<backend>/ in the model's own layout
+    folder.mkdir(exist_ok=True)
+    for name, path in files.items():
+        copy_file(path, folder / name)
+    return f"voice/{folder.name}"

@@ -43,8 +43,10 @@ from torch import Tensor, nn
 
 from reenact.errors import ReenactError
 from reenact.files import atomic_write, write_text
-from reenact.voice import content as C
-from reenact.voice import sovits
+from reenact.voice import signal as S
+from reenact.voice.dataset import dataset_clips
+from reenact.voice.sovits import content as C
+from reenact.voice.sovits import model as sovits
 
 log = logging.getLogger(__name__)
 
@@ -265,20 +267,6 @@ def make_config(cfg: TrainConfig, speaker: str) -> dict:
 # ---------------------------------------------------------------- data
 
 
-def dataset_clips(dataset_dir: Path) -> list[Path]:
-    """The FLAC clips listed in a reenact dataset's manifest.json (from `reenact voice prepare`)."""
-    manifest = Path(dataset_dir) / "manifest.json"
-    if not manifest.is_file():
-        raise ReenactError("no manifest.json: prepare the dataset with `reenact voice prepare` first", dataset_dir)
-    try:
-        clips = [Path(dataset_dir) / c["file"] for c in json.loads(manifest.read_text())["clips"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReenactError(f"unreadable manifest ({exc})", manifest) from exc
-    if not clips:
-        raise ReenactError("the dataset has no clips", manifest)
-    return clips
-
-
 def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_normalize: bool = True) -> dict | None:
     """Training features of one clip, frame-aligned at the model's hop (as the fork's pre-hubert writes);
     None for a clip under 0.3 s."""
@@ -289,7 +277,7 @@ def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_n
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as exc:
         raise ReenactError(f"cannot read audio ({exc})", path) from exc
-    x = C.resample(x.mean(1), sr, data["sampling_rate"])
+    x = S.resample(x.mean(1), sr, data["sampling_rate"]).astype(np.float32)
     if len(x) < 0.3 * data["sampling_rate"]:  # as the fork: too short for the content encoder
         return None
     if peak_normalize and np.abs(x).max() > 0:
@@ -527,7 +515,7 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise ReenactError("model path exists and is not a folder", model_dir)
-    clips = dataset_clips(dataset_dir)
+    clips = dataset_clips(dataset_dir, need_manifest=True)
     rank, world, device, started = _setup_distributed(cfg)
     try:
         # ---- configuration: template + overrides, or the one this folder was trained with

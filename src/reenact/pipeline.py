@@ -36,6 +36,9 @@ from reenact.media.container import check_output_path
 from reenact.media.image import load_image
 from reenact.media.video import VideoInfo, VideoWriter, iter_frames, probe
 from reenact.provenance import Claims, Payload, VideoMarker, draw_label, mark_audio, sign_mp4
+from reenact.subject import load_subject
+from reenact.voice.base import model_files
+from reenact.voice.convert import convert_audio, detect_backend, parse_transpose
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +297,6 @@ def animate(
 def _model_sha256(model: Path) -> str:
     """sha256 of a voice model's files (joined by + when it has several, e.g. a so-vits-svc config and generator)."""
 
-    from reenact.voice.base import model_files
-
     return "+".join(sha256_file(p) for p in model_files(model).values())
 
 
@@ -318,8 +319,6 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     """
     import json
 
-    from reenact.subject import load_subject
-    from reenact.voice.convert import convert_audio, detect_backend, parse_transpose
 
     config = config or MakeConfig()
     report_fn = progress or (lambda stage, done, total: None)

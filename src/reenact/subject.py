@@ -34,6 +34,8 @@ from typing import Callable
 from reenact.errors import ReenactError
 from reenact.files import copy_file, sha256_file, write_text
 from reenact.media.image import load_image
+from reenact.voice.base import detect_backend, model_files
+from reenact.voice.dataset import find_inputs, prepare_dataset
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +233,6 @@ def create_subject(
     voice_dataset = None
     summary: dict = {}
     if speech:
-        from reenact.voice.dataset import prepare_dataset
         from reenact.voice.world.model import train_voice
 
         dataset = partial / "voice" / "dataset"
@@ -267,8 +268,6 @@ def _check_speech(speech: list[Path] | None) -> list[Path]:
     """The speech files the inputs name (files, and media files under folders); raise when one is missing."""
     if not speech:
         return []
-    from reenact.voice.dataset import find_inputs
-
     for p in map(Path, speech):
         if not p.exists():
             raise ReenactError("speech input not found: give existing audio/video files or folders", p)
@@ -280,8 +279,6 @@ def _check_speech(speech: list[Path] | None) -> list[Path]:
 
 def _check_voice_model(src: Path) -> None:
     """Raise when a given voice model does not exist or is not one (before any work is done)."""
-    from reenact.voice.base import model_files
-
     if not src.exists():
         raise ReenactError("voice model not found: give a trained voice model, or leave it out to train one", src)
     model_files(src)
@@ -333,8 +330,6 @@ def _relative_paths(value: object, folder: Path) -> object:
 
 def _copy_voice_model(src: Path, voice_dir: Path) -> str:
     """Copy a trained voice model into the subject; return its path relative to the subject folder."""
-    from reenact.voice.base import detect_backend, model_files
-
     files = model_files(src)
     voice_dir.mkdir(parents=True, exist_ok=True)
     if len(files) == 1 and src.is_file():  # one file: voice/model.<suffix>

@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from reenact.errors import ReenactError
-from reenact.media.audio import Audio
+from reenact.media.audio import Audio, read_audio
 from reenact.voice import signal as S
+from reenact.voice.convert import convert_array, load_voice
+from reenact.voice.dataset import dataset_clips
 from reenact.voice.world import analysis as F
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,6 @@ def cached_speaker_embedding(paths: list[Path]) -> np.ndarray:
 
 def speaker_paths(path: str | Path, limit: int = MAX_TARGET_CLIPS) -> list[Path]:
     """A file, or up to `limit` clips spread over a dataset or folder of references."""
-    from reenact.voice.dataset import dataset_clips
-
     path = Path(path)
     if path.is_file():
         return [path]
@@ -240,9 +240,6 @@ def evaluate_voice(converted: str | Path | Audio, target: str | Path, original: 
         out["wer"] = word_error_rate(text, out["hyp_converted"])
         out["wer_original"] = word_error_rate(text, out["hyp_original"])
     if model is not None:
-        from reenact.media.audio import read_audio
-        from reenact.voice.convert import convert_array, load_voice
-
         voice = load_voice(model)
         audio = original if isinstance(original, Audio) else read_audio(original, mono=True)
         start = time.perf_counter()

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol, runtim
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.voice.signal import pause_pieces
 
 Progress = Callable[[int, int], None]  # progress(done, total); total 0 while not known
 
@@ -111,8 +112,6 @@ def stream_in_pieces(voice: VoiceBackend, read: Callable[[], Iterable[np.ndarray
                      transpose: str | float, seconds: float, progress: Progress | None = None) -> Iterator[np.ndarray]:
     """A backend-neutral `convert_stream`: cut the input in pauses into pieces of about `seconds` and convert
     each on its own. Used for backends without their own; "auto" transposition then follows each piece."""
-    from reenact.voice.signal import pause_pieces
-
     for i, piece in enumerate(pause_pieces(read(), rate, seconds)):
         yield voice.convert(piece, rate, transpose)
         if progress:

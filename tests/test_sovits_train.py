@@ -218,6 +218,7 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # several processes
 def test_kill_and_resume_ends_at_the_same_weights(tmp_path):
     model = tmp_path / "killed"
     log = tmp_path / "killed.log"
@@ -255,6 +256,7 @@ def test_kill_and_resume_ends_at_the_same_weights(tmp_path):
             == torch.load(whole / "train_state.pt", weights_only=True)["pos"])
 
 
+@pytest.mark.slow  # several processes
 def test_two_process_gloo_run(tmp_path):
     # Through torchrun, as users run it. Its agent holds the rendezvous store on a port the kernel gave it; a port
     # picked here, closed and handed to the ranks could be taken in between (CI once hung here for 300 s).

@@ -85,6 +85,7 @@ def fake_model(tmp_path: Path) -> Path:
 @pytest.fixture
 def fake_voice(monkeypatch: pytest.MonkeyPatch) -> list:
     """Replace speech preparation and training by quick fakes; the list holds the inputs of each prepare call."""
+    import reenact.subject as subject_module
     import reenact.voice.dataset as dataset_module
     import reenact.voice.world.model as world_module
 
@@ -101,7 +102,7 @@ def fake_voice(monkeypatch: pytest.MonkeyPatch) -> list:
     def train(dataset: Path, model: Path, config=None) -> None:
         model.write_bytes(b"weights")
 
-    monkeypatch.setattr(dataset_module, "prepare_dataset", prepare)
+    monkeypatch.setattr(subject_module, "prepare_dataset", prepare)
     monkeypatch.setattr(world_module, "train_voice", train)
     return calls
 

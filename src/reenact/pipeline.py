@@ -68,6 +68,7 @@ class AnimateConfig:
     canvas: tuple[int, int] | None = None  # (width, height): the portrait is fitted in, scaled and padded, uncropped
     duration: float | None = None  # use only the driver's first seconds (frames and sound)
     output_id: str | None = None  # the id the marks carry; None: a random uuid per output
+    encode_threads: int = 0  # x264 threads (0: auto); 1 gives bit-identical video run to run, even on a busy machine
 
 
 @dataclass
@@ -271,7 +272,7 @@ def animate(
     payload = Payload.new(output_id)
     marker = VideoMarker(payload)
     unsigned = temporary_path(output).with_name(f".{output.stem}.{os.getpid()}.unsigned.mp4")
-    writer = VideoWriter(unsigned, fps, crf=config.crf, preset=config.preset)
+    writer = VideoWriter(unsigned, fps, crf=config.crf, preset=config.preset, threads=config.encode_threads)
     try:
         batch: list[DriverFrame] = []
         done = 0
@@ -424,6 +425,7 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
                                                   face_index=subject.face_index, progress=progress)
         else:
             measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
+        timings["measure.face"] = time.perf_counter() - t
         if converted is not None and subject.voice_dataset:
             from reenact.evaluate.voice import evaluate_voice
 

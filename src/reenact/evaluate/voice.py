@@ -211,11 +211,13 @@ def evaluate_voice(converted: str | Path, target: str | Path, original: str | Pa
     conv, orig = load16(converted), load16(original)
     e_conv = embed(conv)
     e_target = cached_speaker_embedding(speaker_paths(target))
-    e_orig = speaker_embedding(speaker_paths(original))
+    e_utterance = embed(orig)
+    # A file's speaker embedding is its one utterance's (unit norm): embed it once, not twice.
+    e_orig = e_utterance if Path(original).is_file() else speaker_embedding(speaker_paths(original))
     out: dict = {
         "converted": str(converted), "target": str(target), "original": str(original),
         "cos_target": float(e_conv @ e_target), "cos_original": float(e_conv @ e_orig),
-        "baseline_cos_target": float(embed(orig) @ e_target),
+        "baseline_cos_target": float(e_utterance @ e_target),
     }
     out["closer_to_target"] = out["cos_target"] > out["cos_original"]
     out.update(f0_correlation(conv, orig))

@@ -272,7 +272,8 @@ def save_result(study: StudyDir, ident: dict, result: dict, wall: float) -> dict
                   "duration": qc["duration"], "loudness": qc["loudness"]},
         "verify": qc["verify"],
         "measures": {"face": _face_summary(face), "voice": _voice_summary(voice)},
-        "timings": {**result["timings"], "wall": round(wall, 3)},
+        "timings": {**result["timings"], "wall": round(wall, 3),
+                    "stages": {**report.get("timings", {}), **{f"qc.{k}": v for k, v in qc["seconds"].items()}}},
         "worker": {"host": result.get("host"), "pid": result.get("pid")},
     }
     write_atomic(study.record(ident["key"]), json.dumps(record, indent=2, default=float))

@@ -68,7 +68,6 @@ class AnimateConfig:
     canvas: tuple[int, int] | None = None  # (width, height): the portrait is fitted in, scaled and padded, uncropped
     duration: float | None = None  # use only the driver's first seconds (frames and sound)
     output_id: str | None = None  # the id the marks carry; None: a random uuid per output
-    encode_threads: int = 0  # x264 threads (0: auto); 1 gives bit-identical video run to run, even on a busy machine
 
 
 @dataclass
@@ -272,7 +271,7 @@ def animate(
     payload = Payload.new(output_id)
     marker = VideoMarker(payload)
     unsigned = temporary_path(output).with_name(f".{output.stem}.{os.getpid()}.unsigned.mp4")
-    writer = VideoWriter(unsigned, fps, crf=config.crf, preset=config.preset, threads=config.encode_threads)
+    writer = VideoWriter(unsigned, fps, crf=config.crf, preset=config.preset)
     try:
         batch: list[DriverFrame] = []
         done = 0

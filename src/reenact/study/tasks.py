@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 STRIP_FRAMES = 6
 STRIP_HEIGHT = 112
 PLOT_POINTS = 160
-# One x264 thread: x264's frame threads gave different bits run to run on a loaded machine (seen here), and a
-# study's clips must come out the same wherever and whenever they are made. Workers give the parallelism.
-ENCODE_THREADS = 1
 
 
 @dataclass
@@ -92,8 +89,7 @@ def _make_fake(task: ClipTask, out: Path) -> dict:
     config = MakeConfig(
         animate=AnimateConfig(backend=s["motion"], size=s["size"], crf=s["crf"], preset=s["preset"],
                               visible_label=s["visible_label"], fps=Fraction(s["fps"]),
-                              canvas=(s["width"], s["height"]), duration=s["duration"], output_id=task.output_id,
-                              encode_threads=ENCODE_THREADS),
+                              canvas=(s["width"], s["height"]), duration=s["duration"], output_id=task.output_id),
         transpose=s["transpose"], measure=True, measure_mode="fast", revoice=task.condition == "fake",
         loudness=s["loudness"])
     report = make(task.subject, task.path, out, config,
@@ -113,7 +109,7 @@ def make_real(path: Path, out: Path, settings: dict) -> dict:
     fps = Fraction(settings["fps"])
     info = probe(path)
     limit = int(round(settings["duration"] * fps)) if settings.get("duration") else None
-    writer = VideoWriter(out, fps, crf=settings["crf"], preset=settings["preset"], threads=ENCODE_THREADS)
+    writer = VideoWriter(out, fps, crf=settings["crf"], preset=settings["preset"])
     try:
         for frame in itertools.islice(iter_frames(path, fps), limit):
             writer.write(fit_frame(frame, settings["width"], settings["height"]))

@@ -109,7 +109,8 @@ def _card(record: dict, data: dict, plan: Plan) -> str:
         rows += [("voice", f"to subject {_fmt(voice.get('cos_target'), '.2f')}, to driver "
                            f"{_fmt(voice.get('cos_original'), '.2f')}"),
                  ("F0 corr", _fmt(voice.get("f0_corr")))]
-    rows.append(("time", f"{record['timings']['total']:.1f} s (measures {record['timings'].get('measures', 0):.1f} s)"))
+    t = record["timings"]
+    rows.append(("time", f"{t['total']:.1f} s (measures {t.get('measures', 0):.1f} s, verify {t.get('verify', 0):.1f} s)"))
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{val}</td></tr>" for k, val in rows)
     strip = "".join(f'<img src="data:image/jpeg;base64,{b}" alt="">' for b in data.get("strip") or [])
     plots = ""

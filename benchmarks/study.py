@@ -68,6 +68,8 @@ def cut_plan(plan: Path, clips: int, out: Path) -> Path:
         return f'"{base / value}"'
 
     text = re.sub(r'"([^"\n]+)"', absolute, text)
+    text = re.sub(r"clips_per_participant = (\d+)", lambda m: f"clips_per_participant = {min(int(m.group(1)), len(keep))}",
+                  text)
     path = out / "plan.toml"
     path.write_text(text)
     return path

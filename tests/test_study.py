@@ -339,3 +339,31 @@ def test_ray_gives_the_same_clips_as_local_workers(tmp_path: Path, local_ray) ->
     assert_same_clips(tmp_path / "ray", tmp_path / "local")
     assert key_rows(tmp_path / "ray") == key_rows(tmp_path / "local")
     assert json.loads((tmp_path / "ray" / "study.json").read_text())["runs"][-1]["engine"] == "ray"
+
+
+def test_status_of_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["study", "status", str(tmp_path)])
+    assert result.exit_code == 2 and "not a study folder" in result.output
+
+
+def flaky_task(task):
+    """A stand-in clip task (run in worker processes): "bad" always fails, "once" fails on its first try."""
+    marker = Path(task.path)
+    if task.key == "bad" or (task.key == "once" and not marker.exists()):
+        marker.touch()
+        raise RuntimeError(f"{task.key} broke")
+    return {"key": task.key}
+
+
+def test_failed_clips_are_retried_then_listed(tmp_path: Path) -> None:
+    from reenact.study.run import _run_local
+    from reenact.study.tasks import ClipTask
+
+    jobs = [(ClipTask(key=k, id=k, condition="real", subject=None, driver=k, path=str(tmp_path / k),
+                      subjects_dir=None, settings={}, output_id=""), {"key": k}) for k in ("good", "once", "bad")]
+    results, errors = [], []
+    _run_local(jobs, 2, 1, lambda ident, out, wall: results.append(out["key"]),
+               lambda ident, message, final: errors.append((ident["key"], message, final)), fn=flaky_task)
+    assert sorted(results) == ["good", "once"]
+    assert sorted(errors) == [("bad", "RuntimeError: bad broke", False), ("bad", "RuntimeError: bad broke", True),
+                              ("once", "RuntimeError: once broke", False)]

@@ -307,8 +307,8 @@ def _voice_summary(voice: dict | None) -> dict | None:
 # ---------------------------------------------------------------- engines
 
 def _run_local(jobs: list[tuple[ClipTask, dict]], workers: int, retries: int,
-               on_result: Callable, on_error: Callable) -> None:
-    """Run the tasks on `workers` local processes (spawned: no state shared with this one)."""
+               on_result: Callable, on_error: Callable, fn: Callable = run_clip) -> None:
+    """Run `fn` (the clip task) on `workers` local processes (spawned: no state shared with this one)."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
@@ -323,7 +323,7 @@ def _run_local(jobs: list[tuple[ClipTask, dict]], workers: int, retries: int,
         while queue or running:
             while queue and len(running) < 2 * workers:
                 task, ident, attempt = queue.pop(0)
-                running[pool.submit(run_clip, task)] = (task, ident, attempt, time.perf_counter())
+                running[pool.submit(fn, task)] = (task, ident, attempt, time.perf_counter())
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             broken = False
             for future in finished:

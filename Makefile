@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps bench clean
+.PHONY: demo test test-slow setup system-deps bench clean
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -32,8 +32,13 @@ demo: $(STAMP)
 	$(VENV)/bin/reenact evaluate face demo.mp4 --source examples/portrait.png --driver examples/driver.mp4
 	@echo "wrote demo.mp4"
 
+# `make test` is the quick suite (under 10 minutes on 2 cores); `make test-slow` the end-to-end and
+# multi-process tests; CI (.ci/run) runs both.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) benchmarks/animate.py

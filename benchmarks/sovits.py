@@ -38,10 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reenact.voice import content as C
-from reenact.voice import sovits
-from reenact.voice.sovits_infer import ConvertConfig, SovitsVoice
-from reenact.voice.sovits_train import TEMPLATES
+from reenact.voice import signal as S
+from reenact.voice.sovits import content as C
+from reenact.voice.sovits import model as sovits
+from reenact.voice.sovits.infer import ConvertConfig, SovitsVoice
+from reenact.voice.sovits.train import TEMPLATES
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "assets" / "speech"
 SR = 44100
@@ -85,7 +86,7 @@ def speech(seconds: float) -> tuple[np.ndarray, np.ndarray]:
     """(joined utterances, first utterance) at 44.1 kHz."""
     corpus = SPEECH / "corpus" / "kal_drive"
     if corpus.is_dir():
-        clips = [C.resample(*_read(p), SR) for p in sorted(corpus.glob("*.flac"))]
+        clips = [S.resample(*_read(p), SR).astype(np.float32) for p in sorted(corpus.glob("*.flac"))]
     else:
         rng = np.random.default_rng(0)
         t = np.arange(int(2.5 * SR)) / SR

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_sovits_train import make_dataset, tiny_template  # noqa: E402
 
-from reenact.voice.content import ContentEncoder  # noqa: E402
-from reenact.voice.sovits_train import TrainConfig, train_sovits  # noqa: E402
+from reenact.voice.sovits.content import ContentEncoder  # noqa: E402
+from reenact.voice.sovits.train import TrainConfig, train_sovits  # noqa: E402
 
 
 def run(name: str, dataset: Path, work: Path, template: str | dict, steps: int, batch: int, dim: int) -> dict:

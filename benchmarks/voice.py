@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from reenact.evaluate import voice as E
-from reenact.voice import features as F
+from reenact.voice import signal as S
 from reenact.voice.dataset import prepare_dataset
-from reenact.voice.world import TrainConfig, VoiceModel, convert_array, train_voice
+from reenact.voice.world.model import TrainConfig, VoiceModel, convert_array, train_voice
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "assets" / "speech"
 
@@ -114,20 +114,20 @@ def main() -> None:
         model._cache.clear()
         items, took, dur = [], 0.0, 0.0
         for p in kal:
-            x = F.load_mono(p, model.sample_rate)
+            x = S.load_mono(p, model.sample_rate)
             t = time.perf_counter()
             y = convert_array(x, model, method=method)
             took += time.perf_counter() - t
             dur += len(x) / model.sample_rate
-            items.append((p, F.resample(y, model.sample_rate, E.RATE)))
+            items.append((p, S.resample(y, model.sample_rate, E.RATE)))
         res = measure(spec, items, e_slt, e_kal, texts, wer0, corpus / "slt_ref")
         res["rtf"] = took / dur
         results.append(res)
     if args.sovits:
         from reenact.voice.convert import convert_array as convert_any
-        from reenact.voice.sovits_infer import SovitsVoice
+        from reenact.voice.convert import load_voice
 
-        voice = SovitsVoice.load(args.sovits, content=args.sovits_content)
+        voice = load_voice(args.sovits, "sovits", {"content": args.sovits_content})
         items, took, dur = [], 0.0, 0.0
         for p in kal:
             x16 = E.load16(p)
@@ -135,7 +135,7 @@ def main() -> None:
             y, sr = convert_any(x16, E.RATE, voice)
             took += time.perf_counter() - t
             dur += len(x16) / E.RATE
-            items.append((p, F.resample(y.astype(np.float64), sr, E.RATE)))
+            items.append((p, S.resample(y.astype(np.float64), sr, E.RATE)))
         res = measure(f"sovits {args.sovits.name}", items, e_slt, e_kal, texts, wer0, corpus / "slt_ref")
         res["rtf"] = took / dur
         results.append(res)
@@ -152,11 +152,11 @@ def main() -> None:
 
     real = []
     for p in sorted(args.speech.glob("RD_Radio*.wav")):
-        x = F.load_mono(p, model.sample_rate)
+        x = S.load_mono(p, model.sample_rate)
         t = time.perf_counter()
         y = convert_array(x, model)
         rtf = (time.perf_counter() - t) / (len(x) / model.sample_rate)
-        y16 = F.resample(y, model.sample_rate, E.RATE)
+        y16 = S.resample(y, model.sample_rate, E.RATE)
         e = E.embed(y16)
         real.append({"file": p.name, "rtf": rtf, "cos_slt": float(e @ e_slt),
                      "cos_original": float(e @ E.embed(E.load16(p))), **E.f0_correlation(y16, E.load16(p))})

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reenact.voice import signal as S
+
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "assets" / "speech"
 LISTS = range(46, 73)
 
@@ -70,7 +72,7 @@ _JOB: dict = {}
 def _init(model: str | None, method: str | None, texts: dict, e_slt: np.ndarray, e_kal: np.ndarray) -> None:
     import torch
 
-    from reenact.voice.world import VoiceModel
+    from reenact.voice.world.model import VoiceModel
 
     torch.set_num_threads(1)
     _JOB.update(model=VoiceModel.load(model) if model else None, method=method, texts=texts, e_slt=e_slt, e_kal=e_kal)
@@ -78,16 +80,15 @@ def _init(model: str | None, method: str | None, texts: dict, e_slt: np.ndarray,
 
 def _measure(path: Path) -> dict:
     from reenact.evaluate import voice as E
-    from reenact.voice import features as F
-    from reenact.voice.world import convert_array
+    from reenact.voice.world.model import convert_array
 
     model, x16 = _JOB["model"], E.load16(path)
     start = time.perf_counter()
     if model is None:
         y16 = x16
     else:
-        y = convert_array(F.load_mono(path, model.sample_rate), model, method=_JOB["method"])
-        y16 = F.resample(y, model.sample_rate, E.RATE)
+        y = convert_array(S.load_mono(path, model.sample_rate), model, method=_JOB["method"])
+        y16 = S.resample(y, model.sample_rate, E.RATE)
     took = time.perf_counter() - start
     e = E.embed(y16)
     row = {"file": path.stem, "cos_slt": float(e @ _JOB["e_slt"]), "cos_kal": float(e @ _JOB["e_kal"]),

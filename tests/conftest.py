@@ -10,6 +10,8 @@ import av
 import numpy as np
 import pytest
 
+from reenact.face.align import CropConfig
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "assets"
 EXAMPLES = REPO / "examples"
@@ -78,8 +80,17 @@ class StillBackend:
     """Returns the source crop unchanged: a pipeline run without a motion model."""
 
     name = "still"
+    sizes = (256,)
     size = 256
     needs_driver_images = False
+    crop = CropConfig()
+
+    @classmethod
+    def auto_size(cls, face_side, options):
+        return 256
+
+    def paste_mask(self):
+        return None
 
     def prepare(self, source, reference) -> None:
         self.image = source.image

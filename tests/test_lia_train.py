@@ -37,6 +37,7 @@ def driver_data(tmp_path: Path) -> Path:
     return data
 
 
+@pytest.mark.slow  # several processes
 def test_loss_falls_and_kill_resume_loses_nothing(driver_data: Path, tmp_path: Path):
     torch.set_num_threads(1)
     cfg = dict(TINY, iters=20, save_every=5)
@@ -73,6 +74,7 @@ def test_loss_falls_and_kill_resume_loses_nothing(driver_data: Path, tmp_path: P
             torch.testing.assert_close(b[part][k], v, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # several processes
 def test_sigterm_saves_the_current_step(driver_data: Path, tmp_path: Path):
     out = tmp_path / "c"
     proc = subprocess.Popen([sys.executable, "-m", "reenact.animate.lia_train", f"--data={driver_data}",
@@ -101,6 +103,7 @@ def _frame_folders(root: Path, n: int = 2) -> Path:
     return root
 
 
+@pytest.mark.slow  # several processes
 def test_two_process_gloo(tmp_path: Path):
     data = _frame_folders(tmp_path / "frames")
     out = tmp_path / "ddp"

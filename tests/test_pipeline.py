@@ -92,11 +92,12 @@ def test_two_faces_uses_the_largest_with_a_note(tmp_path: Path, example, caplog)
 
 
 def test_crop_size_auto_is_512_for_large_faces_with_the_landmark_backend() -> None:
-    from reenact.pipeline import resolve_size
+    from reenact.animate.base import backend_class, resolve_size
 
-    assert resolve_size(AnimateConfig(), 460.0) == 512  # the example portrait's crop: blown up 1.8x at 256
-    assert resolve_size(AnimateConfig(), 300.0) == 256
-    assert resolve_size(AnimateConfig(backend="lia"), 700.0) == 256  # LIA's checkpoints are 256
-    assert resolve_size(AnimateConfig(size=256), 700.0) == 256
+    landmark, lia = backend_class("landmark"), backend_class("lia")
+    assert resolve_size(landmark, "auto", 460.0, {}) == 512  # the example portrait's crop: blown up 1.8x at 256
+    assert resolve_size(landmark, "auto", 300.0, {}) == 256
+    assert resolve_size(lia, "auto", 700.0, {}) == 256  # LIA's checkpoints are 256
+    assert resolve_size(landmark, 256, 700.0, {}) == 256
     with pytest.raises(ReenactError, match="--size must be"):
-        resolve_size(AnimateConfig(size=300), 700.0)
+        resolve_size(landmark, 300, 700.0, {})

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import needs_crepe
 from typer.testing import CliRunner
 
-from conftest import needs_crepe
 from reenact.cli import app
 from reenact.errors import ReenactError
-from reenact.voice import content as C
 from reenact.voice.convert import convert_voice, detect_backend
-from reenact.voice.sovits_infer import ConvertConfig, SovitsVoice, plan_chunks, split_chunks
+from reenact.voice.sovits import content as C
+from reenact.voice.sovits.infer import ConvertConfig, SovitsVoice, plan_chunks, split_chunks
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 FORK_TINY = Path(__file__).parent / "fixtures" / "sovits" / "fork_tiny"

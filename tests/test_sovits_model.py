@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from reenact.errors import ReenactError
-from reenact.voice import sovits
+from reenact.voice.sovits import model as sovits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sovits"
 TOL = 5e-4  # parity tolerance on audio in [-1, 1]; measured max |diff| ~1e-6 (float32), ~1e-4 (float64)

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from reenact.errors import ReenactError
-from reenact.voice import sovits
-from reenact.voice.sovits_train import (TEMPLATES, MultiPeriodDiscriminator, TrainConfig, clean_checkpoints,
+from reenact.voice.sovits import model as sovits
+from reenact.voice.sovits.train import (TEMPLATES, MultiPeriodDiscriminator, TrainConfig, clean_checkpoints,
                                         discriminator_loss, feature_loss, generator_loss, kl_loss, make_config,
                                         mel_spectrogram, spec_to_mel, spectrogram, train_sovits)
 
@@ -49,7 +49,7 @@ def tiny_config(**kw) -> TrainConfig:
 
 
 def tiny_encoder():
-    from reenact.voice.content import ContentEncoder
+    from reenact.voice.sovits.content import ContentEncoder
 
     return ContentEncoder.random(hidden=16, layers=2, proj=16)
 
@@ -197,7 +197,7 @@ import logging, sys, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_sovits_train import make_dataset, tiny_config, tiny_encoder
-from reenact.voice.sovits_train import train_sovits
+from reenact.voice.sovits.train import train_sovits
 logging.basicConfig(level=logging.INFO)
 torch.set_num_threads(1)
 data = Path({data!r})
@@ -218,6 +218,7 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # several processes
 def test_kill_and_resume_ends_at_the_same_weights(tmp_path):
     model = tmp_path / "killed"
     log = tmp_path / "killed.log"
@@ -255,6 +256,7 @@ def test_kill_and_resume_ends_at_the_same_weights(tmp_path):
             == torch.load(whole / "train_state.pt", weights_only=True)["pos"])
 
 
+@pytest.mark.slow  # several processes
 def test_two_process_gloo_run(tmp_path):
     # Through torchrun, as users run it. Its agent holds the rendezvous store on a port the kernel gave it; a port
     # picked here, closed and handed to the ranks could be taken in between (CI once hung here for 300 s).

@@ -7,12 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import shared
 from typer.testing import CliRunner
 
-from conftest import shared
 from reenact.cli import app
 from reenact.errors import ReenactError
-from reenact.subject import create_subject, delete_subject, list_subjects, load_subject, sha256_file
+from reenact.files import sha256_file
+from reenact.subject import create_subject, delete_subject, list_subjects, load_subject
 
 runner = CliRunner()
 
@@ -85,7 +86,7 @@ def fake_model(tmp_path: Path) -> Path:
 def fake_voice(monkeypatch: pytest.MonkeyPatch) -> list:
     """Replace speech preparation and training by quick fakes; the list holds the inputs of each prepare call."""
     import reenact.voice.dataset as dataset_module
-    import reenact.voice.world as world_module
+    import reenact.voice.world.model as world_module
 
     calls: list = []
 

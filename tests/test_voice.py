@@ -13,9 +13,12 @@ import soundfile as sf
 
 from reenact.errors import ReenactError
 from reenact.media.audio import Audio
-from reenact.voice import features as F
+from reenact.voice import signal as S
+from reenact.voice.convert import convert_audio, convert_voice
 from reenact.voice.dataset import PrepareConfig, prepare_dataset
-from reenact.voice.world import TrainConfig, VoiceModel, convert_audio, convert_voice, train_voice
+from reenact.voice.world import analysis as F
+from reenact.voice.world.backend import WorldBackend
+from reenact.voice.world.model import TrainConfig, VoiceModel, train_voice
 
 FORMANTS = {"a": (700, 1200, 2600), "i": (300, 2300, 3000), "u": (320, 800, 2400), "e": (500, 1900, 2600)}
 
@@ -112,7 +115,7 @@ def test_quiet_cuts_prefer_the_pause_nearest_the_middle():
 
 
 def test_conversion_f0_method_harvest_and_old_models(voice_model, monkeypatch):
-    from reenact.voice import world
+    from reenact.voice.world import model as world
 
     seen = []
     analyze = F.analyze
@@ -131,7 +134,7 @@ def test_conversion_f0_method_harvest_and_old_models(voice_model, monkeypatch):
 
 def test_prepare_splits_at_pauses_and_resumes(tmp_path):
     sr = 48000
-    x = F.resample(speechlike(40, sr=16000, seed=1), 16000, sr)
+    x = S.resample(speechlike(40, sr=16000, seed=1), 16000, sr)
     stereo = np.stack([x, 0.5 * x], axis=1)
     src = tmp_path / "in"
     src.mkdir()
@@ -216,7 +219,7 @@ def test_ppg_pool_keeps_whole_clips(voice_model, tmp_path):
 def test_convert_maps_f0_and_keeps_timing(voice_model, driver_wav, tmp_path, method):
     model = VoiceModel.load(voice_model)
     model.meta["method"] = method
-    out = convert_voice(driver_wav, model, tmp_path / "out.wav")
+    out = convert_voice(driver_wav, WorldBackend(model), tmp_path / "out.wav")
     y, sr = sf.read(out)
     x, _ = sf.read(driver_wav)
     assert sr == 24000 and len(y) == len(x)
@@ -224,7 +227,7 @@ def test_convert_maps_f0_and_keeps_timing(voice_model, driver_wav, tmp_path, met
     assert 190 < np.median(f0[f0 > 0]) < 250  # driver at 110 Hz moved to the target's 220 Hz
     from reenact.evaluate.voice import f0_correlation
 
-    assert f0_correlation(F.resample(y, sr, 16000), F.resample(x, sr, 16000))["f0_corr"] > 0.8
+    assert f0_correlation(S.resample(y, sr, 16000), S.resample(x, sr, 16000))["f0_corr"] > 0.8
 
 
 def test_transpose_in_semitones(voice_model, driver_wav, tmp_path):
@@ -235,7 +238,7 @@ def test_transpose_in_semitones(voice_model, driver_wav, tmp_path):
 
 def test_odd_inputs(voice_model, tmp_path):
     sr = 8000
-    x8 = F.resample(speechlike(3, seed=7), 24000, sr)
+    x8 = S.resample(speechlike(3, seed=7), 24000, sr)
     sf.write(tmp_path / "8k.wav", x8, sr)
     y, rate = sf.read(convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "8k_out.wav"))
     assert rate == 24000 and abs(len(y) / rate - 3) < 0.01 and np.abs(y).max() > 0.01
@@ -258,7 +261,7 @@ def test_odd_inputs(voice_model, tmp_path):
     with pytest.raises(ReenactError, match=".wav or .flac"):
         convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "out.mp3")
     with pytest.raises(ReenactError, match="not a reenact voice model"):
-        convert_voice(tmp_path / "8k.wav", tmp_path / "8k.wav", tmp_path / "o.wav")
+        convert_voice(tmp_path / "8k.wav", tmp_path / "8k.wav", tmp_path / "o.wav", backend="world")
     before = (tmp_path / "8k.wav").read_bytes()
     with pytest.raises(ReenactError, match="overwrite the input"):  # inputs are never changed
         convert_voice(tmp_path / "8k.wav", voice_model, tmp_path / "8k.wav")
@@ -272,7 +275,7 @@ def test_odd_inputs(voice_model, tmp_path):
 def test_long_input_converts_in_pieces_cut_in_pauses(voice_model, monkeypatch):
     """Inputs over chunk_seconds are converted piece by piece (bounded memory), transposed alike, and the
     joins fall in pauses: the result matches converting the whole at once."""
-    from reenact.voice import world as W
+    from reenact.voice.world import model as W
 
     model = VoiceModel.load(voice_model)
     x = speechlike(9, sr=24000, f0=110, seed=12)
@@ -290,7 +293,7 @@ def test_long_input_converts_in_pieces_cut_in_pauses(voice_model, monkeypatch):
     assert abs(np.median(f0[f0 > 0]) / np.median(f0_whole[f0_whole > 0]) - 1) < 0.03  # same transposition
     rms = lambda v: np.sqrt(np.mean(np.square(v)))
     assert abs(rms(y) / rms(whole) - 1) < 0.1
-    db = F.frame_db(x, 24000)  # each join in a pause of the input
+    db = S.frame_db(x, 24000)  # each join in a pause of the input
     for cut in np.cumsum(lengths)[:-1]:
         assert db[int(cut / 240) - 1] < db.max() - 30
 
@@ -299,28 +302,30 @@ def test_pause_pieces_hold_a_bounded_length_and_do_not_depend_on_the_blocks():
     """A long input is cut as it arrives, in pauses, never holding over 1.5 pieces; the cuts are the same
     whatever the block size, and take_pieces finds the same pieces again."""
     x = speechlike(20, sr=16000, f0=110, seed=3)
-    whole = list(F.pause_pieces([x], 16000, 3.0))
+    whole = list(S.pause_pieces([x], 16000, 3.0))
     for size in (1000, 4096, 70001):
         blocks = [x[i:i + size] for i in range(0, len(x), size)]
-        pieces = list(F.pause_pieces(blocks, 16000, 3.0))
+        pieces = list(S.pause_pieces(blocks, 16000, 3.0))
         assert [len(p) for p in pieces] == [len(p) for p in whole]
-        again = list(F.take_pieces(iter(blocks), [len(p) for p in pieces]))
+        again = list(S.take_pieces(iter(blocks), [len(p) for p in pieces]))
         assert all(np.array_equal(a, b) for a, b in zip(again, pieces))
     lengths = [len(p) for p in whole]
     assert sum(lengths) == len(x) and len(lengths) >= 5
     assert all(0.75 * 3 * 16000 <= n <= 1.25 * 3 * 16000 + 320 for n in lengths[:-1]) and lengths[-1] <= 1.5 * 3 * 16000
-    db = F.frame_db(x, 16000)
+    db = S.frame_db(x, 16000)
     for cut in np.cumsum(lengths)[:-1]:  # each cut in a pause
         assert db[int(cut / 160) - 1] < db.max() - 30
 
 
 def test_long_file_is_streamed_piece_by_piece(voice_model, tmp_path, monkeypatch):
-    """convert_voice streams an input over CHUNK_SECONDS (decoded twice in blocks, written as it comes) and
+    """convert_voice streams an input over STREAM_SECONDS (decoded twice in blocks, written as it comes) and
     gives what converting it in memory gives."""
-    from reenact.voice import world as W
+    from reenact.voice import convert as convert_module
     from reenact.voice.convert import convert_voice as convert_any
+    from reenact.voice.world import model as W
 
     monkeypatch.setattr(W, "CHUNK_SECONDS", 3.0)
+    monkeypatch.setattr(convert_module, "STREAM_SECONDS", 3.0)
     x = speechlike(10, sr=24000, f0=110, seed=12)
     sf.write(tmp_path / "long.wav", x, 24000, subtype="FLOAT")
     calls = []
@@ -335,7 +340,7 @@ def test_long_file_is_streamed_piece_by_piece(voice_model, tmp_path, monkeypatch
 
 def test_frame_gain_cap_stops_bursts_from_flat_frames():
     """A near-silent flat frame given a vowel's shape at the same mean log level is far louder: capped."""
-    from reenact.voice.world import cap_frame_gain
+    from reenact.voice.world.model import cap_frame_gain
 
     rng = np.random.default_rng(0)
     sp_in = np.exp(rng.normal(0, 1, (50, 64)) + np.linspace(2, -4, 64))  # speech-like: tilted

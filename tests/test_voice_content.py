@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import needs_crepe
+
 from reenact.errors import ReenactError
-from reenact.voice import content as C
+from reenact.voice.sovits import content as C
 
 
 def test_interpolate_f0_fills_gaps_like_so_vits_svc_fork():

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not (SPEECH / "corpus").is_dir(),
 @pytest.fixture(scope="module")
 def slt_model(tmp_path_factory) -> Path:
     """Trained on 100 slt_train sentences (about 4 minutes), linked into a folder."""
-    from reenact.voice.world import TrainConfig, train_voice
+    from reenact.voice.world.model import TrainConfig, train_voice
 
     d = tmp_path_factory.mktemp("slt")
     for p in sorted((SPEECH / "corpus" / "slt_train").glob("*.flac"))[::4][:100]:
@@ -28,7 +28,7 @@ def slt_model(tmp_path_factory) -> Path:
 
 def test_kal_converts_towards_slt(slt_model, tmp_path):
     from reenact.evaluate import voice as E
-    from reenact.voice.world import convert_voice
+    from reenact.voice.convert import convert_voice
 
     refs = sorted((SPEECH / "corpus" / "slt_ref").glob("*.flac"))[::10]
     kals = sorted((SPEECH / "corpus" / "kal_drive").glob("*.flac"))
@@ -43,7 +43,7 @@ def test_kal_converts_towards_slt(slt_model, tmp_path):
 
 def test_real_recordings_and_video_tracks(slt_model, tmp_path):
     from reenact.media.audio import read_audio
-    from reenact.voice.world import convert_audio, convert_voice
+    from reenact.voice.convert import convert_audio, convert_voice
 
     for p in sorted(SPEECH.glob("RD_Radio*.wav")):  # real speech, 16 kHz stereo
         y, sr = sf.read(convert_voice(p, slt_model, tmp_path / f"{p.stem}.flac"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reenact.voice import phonetic as P
-from reenact.voice.world import context_stack, fill_f0_gaps
+from reenact.voice.world import phonetic as P
+from reenact.voice.world.model import fill_f0_gaps
+from reenact.voice.world.phonetic import context_stack
 
 
 @pytest.fixture(scope="module")

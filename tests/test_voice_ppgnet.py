@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from reenact.voice import features as F
-from reenact.voice import ppgnet
+from reenact.voice.world import analysis as F
+from reenact.voice.world import ppgnet as ppgnet
 
 FS, BINS = 24000, 513
 

@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from reenact.errors import ReenactError
+
+if TYPE_CHECKING:
+    from reenact.pipeline import AnimateConfig
 
 app = typer.Typer(help="Synthetic talking-head videos for research, marked as synthetic.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -83,6 +86,42 @@ def _backend_options(backend: str, **given: str | None) -> dict:
     return options
 
 
+class Opt:
+    """The options `animate` and `make` share: defined once, so their defaults and help cannot drift apart."""
+
+    backend = typer.Option("landmark", help="Motion backend: landmark (default, no weights needed), lia (LIA weights: "
+                                "`reenact models list`).")
+    size = typer.Option("auto", help="Face crop size the backend works at: 256, 512, or auto (the backend chooses: the "
+                             "landmark backend takes 512 when the portrait's face crop is 384 px or more, so a large face is "
+                             "not blown up from 256; neural backends take their checkpoint's size).")
+    reference = typer.Option("auto", help="Driver frame motion is measured from: 'first', 'auto' (the frame whose "
+                                  "pose is closest to the source's) or a frame number.")
+    driver_face_index = typer.Option(0, min=0, help="Which face of the driver to follow when it shows several (0 = "
+                                         "largest in its first frame with a face).")
+    crf = typer.Option(18, min=0, max=51, help="H.264 quality: lower is better and larger (18 is visually lossless).")
+    visible_label = typer.Option(True, "--visible-label/--no-visible-label", help="Draw the 'AI-generated' corner "
+                                     "badge. Switching it off (for studies that need unlabelled stimuli) is recorded in the "
+                                     "signed manifest; the invisible watermarks and the manifest are always added.")
+    checkpoint = typer.Option(None, help="Neural backends: checkpoint file or registry name (see `reenact models "
+                                   "list`).")
+    motion = typer.Option(None, help="LIA: 'relative' (default: motion measured from the reference frame) or "
+                               "'absolute' (for a driver of another framing).")
+    dtype = typer.Option(None, help="Neural motion backends: float32 (default) or bfloat16.")
+    device = typer.Option(None, help="Neural motion backends: cpu or cuda (default: cuda when available).")
+
+
+def _animate_config(backend: str, size: str, reference: str, driver_face_index: int, crf: int, visible_label: bool,
+                    checkpoint: str | None, motion: str | None, dtype: str | None, device: str | None,
+                    **more) -> "AnimateConfig":
+    """The AnimateConfig of the shared options (plus `more` AnimateConfig fields)."""
+    from reenact.pipeline import AnimateConfig
+
+    options = _backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
+    return AnimateConfig(backend=backend, size=_crop_size(size), reference=reference,
+                         driver_face_index=driver_face_index, crf=crf, visible_label=visible_label,
+                         backend_options=options, **more)
+
+
 class Reference(str, Enum):
     first = "first"
     auto = "auto"
@@ -95,40 +134,28 @@ def animate(
     driver: Path = typer.Argument(..., help="Driver video whose head, face and lip motion (and sound) are used."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .mp4 path (its folder must exist; an existing "
                                 "file is replaced)."),
-    backend: str = typer.Option("landmark", help="Motion backend: landmark (default, no weights needed) or lia."),
-    size: str = typer.Option("auto", help="Face crop size the backend works at: 256, 512, or auto (512 for the "
-                                          "landmark backend when the portrait's face crop is 384 px or more, so a "
-                                          "large face is not blown up from 256; else 256)."),
-    reference: str = typer.Option("auto", help="Driver frame motion is measured from: 'first', 'auto' "
-                                               "(the frame whose pose is closest to the source's) or a frame number."),
+    backend: str = Opt.backend,
+    size: str = Opt.size,
+    reference: str = Opt.reference,
     face_index: int = typer.Option(0, min=0, help="Which face of the portrait to animate when it shows several "
                                                   "(0 = largest, 1 = next largest, ...)."),
-    driver_face_index: int = typer.Option(0, min=0, help="Which face of the driver to follow when it shows several "
-                                                         "(0 = largest in its first frame with a face)."),
-    crf: int = typer.Option(18, min=0, max=51, help="H.264 quality: lower is better and larger (18 is visually lossless)."),
+    driver_face_index: int = Opt.driver_face_index,
+    crf: int = Opt.crf,
     paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back",
                                     help="Paste the animated face back into the whole portrait, or write the crop alone."),
-    visible_label: bool = typer.Option(True, "--visible-label/--no-visible-label",
-                                       help="Draw the 'AI-generated' corner badge. Switching it off (for studies that "
-                                            "need unlabelled stimuli) is recorded in the signed manifest; the invisible "
-                                            "watermarks and the manifest are always added."),
-    checkpoint: Optional[str] = typer.Option(None, help="Neural backends: checkpoint file or registry name "
-                                                        "(see `reenact models list`)."),
-    motion: Optional[str] = typer.Option(None, help="LIA: 'relative' (default: motion measured from the reference "
-                                                    "frame) or 'absolute' (for a driver of another framing)."),
-    dtype: Optional[str] = typer.Option(None, help="Neural backends: float32 (default) or bfloat16."),
-    device: Optional[str] = typer.Option(None, help="Neural backends: cpu or cuda (default: cuda when available)."),
+    visible_label: bool = Opt.visible_label,
+    checkpoint: Optional[str] = Opt.checkpoint,
+    motion: Optional[str] = Opt.motion,
+    dtype: Optional[str] = Opt.dtype,
+    device: Optional[str] = Opt.device,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Animate a portrait with a driver video's motion and write an MP4 with the driver's sound."""
-    from reenact.pipeline import AnimateConfig, animate as run
+    from reenact.pipeline import animate as run
 
     _setup_logging(verbose)
-    size = _crop_size(size)
-    options = _backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
-    config = AnimateConfig(backend=backend, size=size, reference=reference, face_index=face_index,
-                           driver_face_index=driver_face_index, crf=crf,
-                           paste_back=paste_back, backend_options=options, visible_label=visible_label)
+    config = _animate_config(backend, size, reference, driver_face_index, crf, visible_label, checkpoint, motion,
+                             dtype, device, face_index=face_index, paste_back=paste_back)
     with progress_display() as progress:
         result = run(source, driver, output, config, progress=progress)
     err.print(f"wrote {result.output} ({result.frames} frames, {float(result.fps):.3g} fps, "
@@ -151,7 +178,8 @@ def evaluate_face(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Identity, motion fidelity and jitter of an animated video."""
-    from reenact.evaluate.face import evaluate_face as run, format_face_report
+    from reenact.evaluate.face import evaluate_face as run
+    from reenact.evaluate.face import format_face_report
 
     _setup_logging(verbose)
     with progress_display(not as_json) as progress:
@@ -243,7 +271,8 @@ def verify(
 ) -> None:
     """Report each mark of reenact in FILE: C2PA manifest, video and audio watermarks, metadata.
     Exits 0 when a mark of reenact is found, 1 when none is."""
-    from reenact.provenance.verify import format_verify_report, verify as run
+    from reenact.provenance.verify import format_verify_report
+    from reenact.provenance.verify import verify as run
 
     _setup_logging(verbose)
     report = run(file, max_frames=frames)
@@ -333,38 +362,33 @@ def make(
                                                       "is re-voiced in the subject's voice."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .mp4; a JSON report is written beside it "
                                 "(OUT.json; both replace files of those names)."),
-    backend: str = typer.Option("landmark", help="Motion backend: landmark (default) or lia."),
-    size: str = typer.Option("auto", help="Face crop size: 256, 512 or auto (512 for the landmark backend on a "
-                                          "large face, else 256; see `reenact animate --help`)."),
-    reference: str = typer.Option("auto", help="Driver frame motion is measured from: first, auto or a number."),
-    driver_face_index: int = typer.Option(0, min=0, help="Which face of the driver to follow when it shows several "
-                                                         "(0 = largest in its first frame with a face)."),
+    backend: str = Opt.backend,
+    size: str = Opt.size,
+    reference: str = Opt.reference,
+    driver_face_index: int = Opt.driver_face_index,
     transpose: str = typer.Option("auto", help="Voice: 'auto' (driver's pitch range to the subject's) or semitones."),
-    crf: int = typer.Option(18, min=0, max=51, help="H.264 quality (lower is better)."),
-    visible_label: bool = typer.Option(True, "--visible-label/--no-visible-label",
-                                       help="The 'AI-generated' badge; switching it off is recorded in the manifest."),
-    checkpoint: Optional[str] = typer.Option(None, help="Neural backends: checkpoint file or registry name."),
-    motion: Optional[str] = typer.Option(None, help="LIA: 'relative' (default) or 'absolute' (see `animate --help`)."),
-    dtype: Optional[str] = typer.Option(None, help="Neural motion backends: float32 (default) or bfloat16."),
-    device: Optional[str] = typer.Option(None, help="Neural motion backends: cpu or cuda (default: cuda when "
-                                                    "available)."),
+    crf: int = Opt.crf,
+    visible_label: bool = Opt.visible_label,
+    checkpoint: Optional[str] = Opt.checkpoint,
+    motion: Optional[str] = Opt.motion,
+    dtype: Optional[str] = Opt.dtype,
+    device: Optional[str] = Opt.device,
     voice_device: Optional[str] = typer.Option(None, help="so-vits-svc voice: cpu or cuda (default: cuda if present)."),
-    voice_dtype: str = typer.Option("float32", help="so-vits-svc voice: float32, or bfloat16 (about 1.6x faster on "
-                                                    "CPUs with AMX/AVX512-BF16; 0.5% RMS from float32)."),
-    seed: int = typer.Option(0, help="so-vits-svc voice: seed of its noise (same seed, same audio)."),
+    voice_dtype: Optional[str] = typer.Option(None, help="so-vits-svc voice: float32 (default), or bfloat16 (about "
+                                              "1.6x faster on CPUs with AMX/AVX512-BF16; 0.5% RMS from float32)."),
+    seed: Optional[int] = typer.Option(None, help="so-vits-svc voice: seed of its noise (default 0; same seed, same "
+                                       "audio)."),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Face and voice measures in the report."),
     subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """The whole job: animate the subject, convert the voice, mux, mark, measure; MP4 plus a JSON report."""
-    from reenact.pipeline import AnimateConfig, MakeConfig, make as run
+    from reenact.pipeline import MakeConfig
+    from reenact.pipeline import make as run
 
     _setup_logging(verbose)
-    size = _crop_size(size)
-    options = _backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
-    config = MakeConfig(animate=AnimateConfig(backend=backend, size=size, reference=reference, crf=crf,
-                                              driver_face_index=driver_face_index,
-                                              visible_label=visible_label, backend_options=options),
+    config = MakeConfig(animate=_animate_config(backend, size, reference, driver_face_index, crf, visible_label,
+                                                checkpoint, motion, dtype, device),
                         transpose=transpose, measure=measure,
                         voice_options={"device": voice_device, "dtype": voice_dtype, "seed": seed})
     with progress_display() as progress:
@@ -437,8 +461,8 @@ def voice_train(
     _setup_logging(verbose or backend == "sovits")
     if backend == "sovits":
         from reenact.models import resolve_checkpoint
-        from reenact.voice.sovits_train import TrainConfig as SovitsConfig
-        from reenact.voice.sovits_train import train_sovits
+        from reenact.voice.sovits.train import TrainConfig as SovitsConfig
+        from reenact.voice.sovits.train import train_sovits
 
         base = [resolve_checkpoint(b) if b else None for b in (base_g, base_d)]
         config = SovitsConfig(steps=steps, base_g=base[0], base_d=base[1], template=template, batch_size=batch_size,
@@ -450,9 +474,8 @@ def voice_train(
         return
     if backend != "world":
         raise ReenactError(f"unknown voice backend {backend!r}; choose world or sovits")
-    from reenact.voice.world import TrainConfig, VoiceModel, train_voice
-
-    from reenact.voice.features import F0_METHODS
+    from reenact.voice.world.analysis import F0_METHODS
+    from reenact.voice.world.model import TrainConfig, VoiceModel, train_voice
 
     if f0_method is not None and f0_method not in F0_METHODS:
         raise ReenactError(f"--f0-method for the world backend is {' or '.join(F0_METHODS)}, not {f0_method!r}")
@@ -472,20 +495,23 @@ def voice_convert(
     transpose: str = typer.Option("auto", help="'auto' (map F0 to the target's range) or semitones, e.g. 12 or -3.5."),
     backend: str = typer.Option("auto", help="auto (by the model path), world or sovits."),
     speaker: Optional[str] = typer.Option(None, help="sovits: speaker name or id in the model (default: the first)."),
-    f0_method: str = typer.Option("dio", help="sovits: F0 estimator: dio, harvest, parselmouth, crepe or crepe-tiny "
-                                   "(crepe: `pip install --no-deps torchcrepe resampy`)."),
+    f0_method: Optional[str] = typer.Option(None, help="sovits: F0 estimator: dio (default), harvest, parselmouth, "
+                                             "crepe or crepe-tiny (crepe: `pip install --no-deps torchcrepe resampy`)."),
     predict_f0: Optional[bool] = typer.Option(None, "--predict-f0/--no-predict-f0", help="sovits: use the model's F0 "
                                               "decoder (default: only for 'auto' on a model without F0 statistics)."),
-    noise_scale: float = typer.Option(0.4, help="sovits: scale of the prior's noise."),
+    noise_scale: Optional[float] = typer.Option(None, help="sovits: scale of the prior's noise (default 0.4)."),
     content: Optional[str] = typer.Option(None, help="sovits: ContentVec folder, pytorch_model.bin or 'contentvec' "
                                           "(default: the one the model was trained with, else 'contentvec')."),
     device: Optional[str] = typer.Option(None, help="sovits: cpu or cuda (default: cuda when available)."),
-    dtype: str = typer.Option("float32", help="sovits: float32 (reference) or bfloat16 (decoder about 2x faster "
-                              "on CPUs with AVX512-BF16/AMX and on GPUs; 0.5% RMS from float32)."),
-    seed: int = typer.Option(0, help="sovits: seed of the noise; the same seed gives the same output."),
+    dtype: Optional[str] = typer.Option(None, help="sovits: float32 (default, the reference) or bfloat16 (decoder "
+                                        "about 2x faster on CPUs with AVX512-BF16/AMX and on GPUs; 0.5% RMS from "
+                                        "float32)."),
+    seed: Optional[int] = typer.Option(None, help="sovits: seed of the noise (default 0); the same seed gives the "
+                                       "same output."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
-    """Convert the speech of INPUT to the model's voice (same timing; F0 follows the original)."""
+    """Convert the speech of INPUT to the model's voice (same timing; F0 follows the original). Options marked
+    sovits apply to so-vits-svc models only; giving one for another backend is an error."""
     from reenact.voice.convert import convert_voice
 
     _setup_logging(verbose)

@@ -12,7 +12,6 @@ error says exactly where to put a file downloaded by hand.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from reenact.errors import ReenactError
+from reenact.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,6 @@ def list_models() -> list[tuple[ModelInfo, Path, bool]]:
 
 def manual_instructions(info: ModelInfo) -> str:
     return f"download it by hand from {info.page} and save it as {model_path(info)}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(name: str | ModelInfo, progress: Callable[[int, int | None], None] | None = None,

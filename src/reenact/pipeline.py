@@ -14,9 +14,8 @@ Two passes over the driver keep memory constant whatever its length:
 
 from __future__ import annotations
 
-import logging
 import itertools
-import os
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -25,17 +24,22 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 
-from reenact.animate.base import Backend, DriverFrame, SourceFace, create_backend
+from reenact.animate.base import Backend, DriverFrame, SourceFace, backend_class, resolve_size
 from reenact.errors import ReenactError
 from reenact.face import pose
-from reenact.face.align import Crop, CropConfig, PasteBack, face_box
+from reenact.face.align import Crop, PasteBack, face_box
 from reenact.face.detect import FaceDetector, Track, TrackConfig, choose_face, smooth_boxes, track
-from reenact.media.audio import Audio, read_audio
-from reenact.media.video import VideoWriter, check_output_path, iter_frames, probe, temporary_path
+from reenact.files import sha256_file, temporary_path, write_text
+from reenact.media.audio import Audio, normalise_loudness, read_audio
+from reenact.media.container import check_output_path
+from reenact.media.image import fit_frame, load_image
+from reenact.media.video import VideoInfo, VideoWriter, iter_frames, probe
 from reenact.provenance import Claims, Payload, VideoMarker, draw_label, mark_audio, sign_mp4
+from reenact.subject import load_subject
+from reenact.voice.base import model_files
+from reenact.voice.convert import convert_audio, detect_backend, parse_transpose
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class AnimateConfig:
     """Settings of `reenact animate`."""
 
     backend: str = "landmark"
-    size: int | str = "auto"  # crop size the backend works at: 256, 512 or "auto" (see resolve_size)
+    size: int | str = "auto"  # crop size the backend works at: one of its sizes, or "auto" (the backend chooses)
     reference: str = "auto"  # "first", "auto" (closest pose to the source) or a frame number
     face_index: int = 0  # which face in the portrait (0 = largest)
     driver_face_index: int = 0  # which face in the driver's first frame with a face (0 = largest)
@@ -59,7 +63,6 @@ class AnimateConfig:
     batch: int = 8  # driver frames per backend call
     backend_options: dict = field(default_factory=dict)
     track: TrackConfig = field(default_factory=TrackConfig)
-    crop: CropConfig = field(default_factory=CropConfig)
     crop_smooth_seconds: float = 1.0  # the driver's crop box follows the head this slowly
     visible_label: bool = True  # the "AI-generated" corner badge (the invisible marks are always added)
     consent_sha256: str | None = None  # the subject's consent record, stated in the manifest
@@ -85,7 +88,7 @@ class AnimateResult:
     output_id: str = ""  # uuid of this output, carried by the watermarks and the manifest
     payload: str = ""  # the watermarks' 64-bit payload, hex
     crop_size: int = 256  # the size the backend worked at (what "auto" chose)
-    driver_track: Track | None = field(default=None, repr=False)  # pass 1's landmarks, reused by fast measures
+    driver: "DriverTrack | None" = field(default=None, repr=False)  # the tracking, for measures that reuse it
 
     @property
     def duration(self) -> float:
@@ -102,53 +105,18 @@ class Source:
     landmarks: np.ndarray  # full-image coordinates
 
 
-def load_image(path: str | Path, max_side: int = 0) -> np.ndarray:
-    """Read an image as RGB uint8, scaled down so its long side is at most `max_side`."""
-    path = Path(path)
-    if not path.exists():
-        raise ReenactError("file not found", path)
-    if path.is_dir():
-        raise ReenactError("is a folder, expected an image", path)
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ReenactError("cannot be read as an image (expected JPEG, PNG, WebP, BMP or TIFF)", path)
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    h, w = image.shape[:2]
-    if max_side and max(h, w) > max_side:
-        s = max_side / max(h, w)
-        image = cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-    return image
-
-
-AUTO_512_SIDE = 384  # "auto": a portrait crop at least this wide (px) is animated at 512
-
-
-def resolve_size(config: AnimateConfig, crop_side: float) -> int:
-    """The crop size: as given, or for "auto" 512 when the landmark backend would otherwise blow a crop of the
-    portrait of `crop_side` >= AUTO_512_SIDE pixels up 1.5x or more (the face looks soft), else 256. Neural
-    backends keep 256 (LIA's published checkpoints are 256)."""
-    if config.size == "auto":
-        return 512 if config.backend == "landmark" and crop_side >= AUTO_512_SIDE else 256
-    if config.size not in (256, 512):
-        raise ReenactError(f"--size must be 256, 512 or auto, not {config.size}")
-    return int(config.size)
-
-
-def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConfig) -> Source:
-    """Load the portrait, find the face, and cut the square crop the backend animates."""
+def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConfig, backend: type) -> Source:
+    """Load the portrait, find the face, and cut the square crop the backend (class) animates."""
     image = load_image(path, config.max_side)
     if config.canvas is not None:
-        from reenact.media.frame import fit_frame
-
         image = fit_frame(image, *config.canvas)
     h, w = image.shape[:2]
     if h % 2 or w % 2:  # H.264 yuv420p wants even sizes; drop one edge row/column
         image = np.ascontiguousarray(image[: h - h % 2, : w - w % 2])
     faces = detector.detect(image, upsample=1)
     face = choose_face(faces, config.face_index, Path(path))
-    box = face_box(face.landmarks, config.crop)
-    crop = Crop.from_box(box, resolve_size(config, float(box[2])))
+    box = face_box(face.landmarks, backend.crop)
+    crop = Crop.from_box(box, resolve_size(backend, config.size, float(box[2]), config.backend_options))
     landmarks = crop.to_crop(face.landmarks)
     return Source(image=image, crop=crop, face=SourceFace(crop.apply(image), landmarks), landmarks=face.landmarks)
 
@@ -191,6 +159,121 @@ class _Clock:
         return now
 
 
+def driver_frames(path: Path, info: VideoInfo, config: AnimateConfig) -> Iterator[np.ndarray]:
+    """The driver's frames at `info.fps` (the config's rate, when it sets one), cut to `config.duration`."""
+    frames = iter_frames(path, info.fps)
+    return itertools.islice(frames, round(config.duration * info.fps)) if config.duration else frames
+
+
+@dataclass
+class DriverTrack:
+    """The driver, followed: its face's landmarks in every frame, the smoothed crop box per frame, and the
+    reference frame motion is measured from."""
+
+    path: Path
+    info: VideoInfo
+    track: Track  # full-frame landmarks per frame (bridged where no face was found)
+    crops: list[Crop]
+    reference: int
+
+    def frame(self, i: int, image: np.ndarray | None) -> DriverFrame:
+        """What the backend gets for frame `i` (its crop, when the backend asked for images)."""
+        crop = self.crops[i]
+        return DriverFrame(index=i, landmarks=crop.to_crop(self.track.landmarks[i]),
+                           image=crop.apply(image) if image is not None else None, found=bool(self.track.found[i]))
+
+
+def track_driver(path: Path, info: VideoInfo, detector: FaceDetector, config: AnimateConfig, backend: Backend,
+                 source: Source, clock: _Clock, report: ProgressFn) -> DriverTrack:
+    """Pass one: follow the face through the driver, place the backend's crop on it, choose the reference."""
+    frames = clock.timed("decode", driver_frames(path, info, config))
+    t0, decoded = time.perf_counter(), clock.seconds["decode"]
+    driver = track(frames, detector, config.track, config.driver_face_index, float(info.fps), path,
+                   on_frame=lambda i: report("track", i + 1, info.frame_count))
+    clock.seconds["track"] += time.perf_counter() - t0 - (clock.seconds["decode"] - decoded)
+    if driver.n_missing:
+        log.warning("%s: no face in %d of %d frames; bridged from neighbouring frames",
+                    path, driver.n_missing, driver.n_frames)
+    boxes = smooth_boxes(face_box(driver.landmarks, backend.crop), float(info.fps), config.crop_smooth_seconds)
+    ref = choose_reference(config.reference, driver, source.landmarks)
+    log.info("reference frame: %d (%s)", ref, config.reference)
+    return DriverTrack(path, info, driver, [Crop.from_box(b, backend.size) for b in boxes], ref)
+
+
+def render(source: Source, driver: DriverTrack, backend: Backend, output: Path, config: AnimateConfig,
+           audio: Audio | None, clock: _Clock, report: ProgressFn) -> AnimateResult:
+    """Pass two: animate every driver frame, paste back, mark, encode, mux and sign into `output`."""
+    path, info = driver.path, driver.info
+    t = time.perf_counter()
+    reference_image = None
+    if backend.needs_driver_images:
+        reference_image = next(x for i, x in enumerate(driver_frames(path, info, config)) if i == driver.reference)
+    backend.prepare(source.face, driver.frame(driver.reference, reference_image))
+    paste = None
+    if config.paste_back:  # a backend that knows where its output can differ says so (no colour drift either)
+        own_mask = backend.paste_mask()
+        paste = (PasteBack(source.image, source.crop, colour_match=False, mask=own_mask) if own_mask is not None
+                 else PasteBack(source.image, source.crop))
+    t = clock.add("setup", t)
+
+    n = driver.track.n_frames
+    if backend.needs_driver_images:
+        images: Iterator[np.ndarray | None] = clock.timed("decode", driver_frames(path, info, config))
+    else:
+        images = iter([None] * n)
+    output_id = config.output_id or str(uuid.uuid4())
+    payload = Payload.new(output_id)
+    marker = VideoMarker(payload)
+    unsigned = temporary_path(output, "unsigned")
+    writer = VideoWriter(unsigned, info.fps, crf=config.crf, preset=config.preset)
+    try:
+        batch: list[DriverFrame] = []
+        done = 0
+        for i, image in zip(range(n), images):
+            t = time.perf_counter()
+            batch.append(driver.frame(i, image))
+            t = clock.add("crop", t)
+            if len(batch) == config.batch or i == n - 1:
+                animated = backend.animate(batch)
+                t = clock.add("animate", t)
+                for crop in animated:
+                    frame = paste(crop) if paste is not None else crop
+                    t = clock.add("paste", t)
+                    frame = marker.mark(draw_label(frame) if config.visible_label else frame)
+                    t = clock.add("mark", t)
+                    writer.write(frame)
+                    t = clock.add("encode", t)
+                done += len(batch)
+                batch = []
+                report("render", done, n)
+        if writer.frames_written < n:  # the second decode gave fewer frames: hold the last one
+            log.warning("%s: second decode gave %d of %d frames", path, writer.frames_written, n)
+        t = time.perf_counter()
+        sound = audio if audio is not None else (read_audio(path) if info.has_audio else None)
+        if sound is not None and config.duration:  # the sound ends with the frames
+            sound = Audio(sound.samples[:, : round(n / info.fps * sound.sample_rate)], sound.sample_rate)
+        t = clock.add("mux", t)
+        if sound is not None:
+            sound = mark_audio(sound, payload)
+        t = clock.add("mark", t)
+        writer.close(audio=sound)
+        t = clock.add("mux", t)
+        settings = {"tool": "reenact animate", "backend": backend.name, "size": backend.size,
+                    "reference": config.reference, "visible_label": config.visible_label}
+        sign_mp4(unsigned, output, Claims(payload, output_id, config.consent_sha256, settings))
+        clock.add("mark", t)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        unsigned.unlink(missing_ok=True)
+    size = (source.image.shape[1], source.image.shape[0]) if paste is not None else (backend.size, backend.size)
+    return AnimateResult(output=output, frames=writer.frames_written, fps=info.fps, size=size,
+                         reference_index=driver.reference, missing_frames=driver.track.n_missing,
+                         audio=sound is not None, timings=dict(clock.seconds), output_id=output_id,
+                         payload=payload.hex(), crop_size=backend.size, driver=driver)
+
+
 def animate(
     source_path: str | Path,
     driver_path: str | Path,
@@ -213,125 +296,28 @@ def animate(
     clock = _Clock()
     report = progress or (lambda stage, done, total: None)
     t = time.perf_counter()
-
     info = probe(driver_path)
-    fps = Fraction(config.fps) if config.fps else info.fps
-    max_frames = int(round(config.duration * fps)) if config.duration else None
-    expected = min(info.frame_count, max_frames) if max_frames else info.frame_count
-
-    def driver_frames() -> Iterator[np.ndarray]:
-        return itertools.islice(iter_frames(driver_path, fps), max_frames)
-
+    if config.fps or config.duration:  # resampled to the config's rate, cut to its duration
+        fps = Fraction(config.fps) if config.fps else info.fps
+        frames = min(info.frame_count, round(config.duration * fps)) if config.duration else info.frame_count
+        info = replace(info, fps=fps, frame_count=frames)
     detector = FaceDetector()
     if backend is not None:  # a backend object works at its own size
         config = replace(config, size=backend.size)
-    source = prepare_source(source_path, detector, config)
-    config = replace(config, size=source.crop.size)
-    backend = backend or create_backend(config.backend, size=config.size, **config.backend_options)
-    t = clock.add("setup", t)
-
-    # Pass 1: follow the face through the driver.
-    frames = clock.timed("decode", driver_frames())
-    t0 = time.perf_counter()
-    driver = track(frames, detector, config.track, config.driver_face_index, float(fps), driver_path,
-                   on_frame=lambda i: report("track", i + 1, expected))
-    clock.seconds["track"] += time.perf_counter() - t0 - clock.seconds["decode"]
-    if driver.n_missing:
-        log.warning("%s: no face in %d of %d frames; bridged from neighbouring frames",
-                    driver_path, driver.n_missing, driver.n_frames)
-    boxes = smooth_boxes(face_box(driver.landmarks, config.crop), float(fps), config.crop_smooth_seconds)
-    crops = [Crop.from_box(b, config.size) for b in boxes]
-    ref = choose_reference(config.reference, driver, source.landmarks)
-    log.info("reference frame: %d (%s)", ref, config.reference)
-
-    def driver_frame(i: int, image: np.ndarray | None) -> DriverFrame:
-        return DriverFrame(index=i, landmarks=crops[i].to_crop(driver.landmarks[i]),
-                           image=crops[i].apply(image) if image is not None else None,
-                           found=bool(driver.found[i]))
-
-    t = time.perf_counter()
-    reference_image = None
-    if backend.needs_driver_images:
-        reference_image = next(x for i, x in enumerate(driver_frames()) if i == ref)
-    backend.prepare(source.face, driver_frame(ref, reference_image))
-    paste = None
-    if config.paste_back:  # a backend that knows where its output can differ says so (no colour drift either)
-        own_mask = getattr(backend, "paste_mask", None)
-        paste = (PasteBack(source.image, source.crop, colour_match=False, mask=own_mask()) if own_mask
-                 else PasteBack(source.image, source.crop))
-    t = clock.add("setup", t)
-
-    # Pass 2: render.
-    n = driver.n_frames
-    if backend.needs_driver_images:
-        images: Iterator[np.ndarray | None] = clock.timed("decode", driver_frames())
-    else:
-        images = iter([None] * n)
-    output_id = config.output_id or str(uuid.uuid4())
-    payload = Payload.new(output_id)
-    marker = VideoMarker(payload)
-    unsigned = temporary_path(output).with_name(f".{output.stem}.{os.getpid()}.unsigned.mp4")
-    writer = VideoWriter(unsigned, fps, crf=config.crf, preset=config.preset)
-    try:
-        batch: list[DriverFrame] = []
-        done = 0
-        for i, image in zip(range(n), images):
-            t = time.perf_counter()
-            batch.append(driver_frame(i, image))
-            t = clock.add("crop", t)
-            if len(batch) == config.batch or i == n - 1:
-                animated = backend.animate(batch)
-                t = clock.add("animate", t)
-                for crop in animated:
-                    frame = paste(crop) if paste is not None else crop
-                    t = clock.add("paste", t)
-                    frame = marker.mark(draw_label(frame) if config.visible_label else frame)
-                    t = clock.add("mark", t)
-                    writer.write(frame)
-                    t = clock.add("encode", t)
-                done += len(batch)
-                batch = []
-                report("render", done, n)
-        if writer.frames_written < n:  # the second decode gave fewer frames: hold the last one
-            log.warning("%s: second decode gave %d of %d frames", driver_path, writer.frames_written, n)
-        t = time.perf_counter()
-        sound = audio if audio is not None else (read_audio(driver_path) if info.has_audio else None)
-        if sound is not None and max_frames is not None:  # the sound ends with the frames
-            sound = Audio(sound.samples[:, : int(round(n / fps * sound.sample_rate))], sound.sample_rate)
-        t = clock.add("mux", t)
-        if sound is not None:
-            sound = mark_audio(sound, payload)
-        t = clock.add("mark", t)
-        writer.close(audio=sound)
-        t = clock.add("mux", t)
-        settings = {"tool": "reenact animate", "backend": config.backend, "size": config.size,
-                    "reference": config.reference, "visible_label": config.visible_label}
-        sign_mp4(unsigned, output, Claims(payload, output_id, config.consent_sha256, settings))
-        clock.add("mark", t)
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        unsigned.unlink(missing_ok=True)
-    size = (source.image.shape[1], source.image.shape[0]) if paste is not None else (config.size, config.size)
-    return AnimateResult(output=output, frames=writer.frames_written, fps=fps, size=size,
-                         reference_index=ref, missing_frames=driver.n_missing, audio=sound is not None,
-                         timings=dict(clock.seconds), output_id=output_id, payload=payload.hex(),
-                         crop_size=config.size, driver_track=driver)
-
+    backend_cls = type(backend) if backend is not None else backend_class(config.backend)
+    source = prepare_source(source_path, detector, config, backend_cls)
+    backend = backend or backend_cls(size=source.crop.size, **config.backend_options)
+    clock.add("setup", t)
+    driver = track_driver(driver_path, info, detector, config, backend, source, clock, report)
+    return render(source, driver, backend, output, config, audio, clock, report)
 
 
 # ------------------------------------------------------------------ the whole job
 
 def _model_sha256(model: Path) -> str:
-    """sha256 of a voice model file; for a so-vits-svc folder, of its config.json and the generator used."""
-    from reenact.subject import sha256_file
+    """sha256 of a voice model's files (joined by + when it has several, e.g. a so-vits-svc config and generator)."""
 
-    if model.is_dir():
-        from reenact.voice.sovits_infer import find_generator
-
-        return "+".join(sha256_file(p) for p in reversed(find_generator(model)))
-    return sha256_file(model)
+    return "+".join(sha256_file(p) for p in model_files(model).values())
 
 
 @dataclass
@@ -340,11 +326,11 @@ class MakeConfig:
 
     animate: AnimateConfig = field(default_factory=AnimateConfig)
     transpose: str = "auto"  # voice conversion: "auto" or semitones
-    voice_options: dict = field(default_factory=dict)  # sovits backend: speaker, f0_method, device, seed, ...
+    voice_options: dict = field(default_factory=dict)  # the voice backend's options (None: not given)
     measure: bool = True  # face and voice measures in the report
     # "full": evaluate_face tracks output and driver again, detecting the face on every frame (the reference);
     # "fast": reuses the render's driver landmarks, tracks the output from keyframes, identity on a few frames
-    # (what a study's gallery needs, at a few percent of a clip's time; docs/study.md)
+    # (what a study's gallery needs, at a small part of a clip's time; docs/study.md)
     measure_mode: str = "full"
     revoice: bool = True  # False keeps the driver's own speech (a study's `face` condition)
     loudness: float | None = None  # LUFS (EBU R128) the sound is brought to before it is marked; None: as it is
@@ -358,12 +344,7 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     backends, settings, timings, and the face and voice measures.
     """
     import json
-    import tempfile
 
-    import soundfile as sf
-
-    from reenact.subject import load_subject, sha256_file
-    from reenact.voice.convert import parse_transpose
 
     config = config or MakeConfig()
     report_fn = progress or (lambda stage, done, total: None)
@@ -381,14 +362,12 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
 
     original = read_audio(driver_path) if info.has_audio else None
     if original is not None and config.animate.duration:  # only the part the video keeps
-        original = Audio(original.samples[:, : int(round(config.animate.duration * original.sample_rate))],
+        original = Audio(original.samples[:, : round(config.animate.duration * original.sample_rate)],
                          original.sample_rate)
     converted = None
     model = subject.voice_model_path if config.revoice else None
     voice_backend = None
     if original is not None and model is not None and model.exists():
-        from reenact.voice.convert import convert_audio, detect_backend
-
         voice_backend = detect_backend(model)
         report_fn("voice", 0, 1)
         converted = convert_audio(original, model, config.transpose, options=config.voice_options)
@@ -406,8 +385,6 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
                              face_index=subject.face_index)
     sound = converted if converted is not None else original
     if sound is not None and config.loudness is not None:
-        from reenact.media.audio import normalise_loudness
-
         sound = normalise_loudness(sound, config.loudness)
     result = animate(subject.portrait_path, driver_path, output, animate_config, audio=sound, progress=progress)
     timings.update({f"animate.{k}": v for k, v in result.timings.items()})
@@ -420,7 +397,7 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         if config.measure_mode == "fast":
             from reenact.evaluate.face import evaluate_face_fast
 
-            measures["face"] = evaluate_face_fast(output, subject.portrait_path, result.driver_track,
+            measures["face"] = evaluate_face_fast(output, subject.portrait_path, result.driver.track,
                                                   face_index=subject.face_index, progress=progress)
         else:
             measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
@@ -428,11 +405,7 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         if converted is not None and subject.voice_dataset:
             from reenact.evaluate.voice import evaluate_voice
 
-            with tempfile.TemporaryDirectory() as tmp:
-                conv_wav, orig_wav = Path(tmp) / "converted.wav", Path(tmp) / "original.wav"
-                sf.write(conv_wav, converted.mono(), converted.sample_rate)
-                sf.write(orig_wav, original.mono(), original.sample_rate)
-                voice = evaluate_voice(conv_wav, subject.folder / subject.voice_dataset, orig_wav)
+            voice = evaluate_voice(converted, subject.folder / subject.voice_dataset, original)
             voice.pop("converted", None), voice.pop("original", None)
             voice["rtf"] = timings["voice"] / max(original.duration, 1e-6)
             measures["voice"] = voice
@@ -450,14 +423,12 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
                      "reference_index": result.reference_index, "crf": config.animate.crf,
                      "visible_label": config.animate.visible_label, "transpose": config.transpose,
                      "voice_options": {k: v for k, v in config.voice_options.items() if v is not None}
-                     if voice_backend == "sovits" else {}},
+                     if converted is not None else {}},
         "video": {"frames": result.frames, "fps": float(result.fps), "size": list(result.size),
                   "missing_face_frames": result.missing_frames, "audio": result.audio},
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "measures": measures,
     }
     json_path = output.with_suffix(".json")
-    tmp = temporary_path(json_path)
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    os.replace(tmp, json_path)
+    write_text(json_path, json.dumps(report, indent=2, default=float))
     return report

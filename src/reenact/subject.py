@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Callable
 
 from reenact.errors import ReenactError
+from reenact.files import copy_file, sha256_file, write_text
+from reenact.media.image import load_image
+from reenact.voice.base import detect_backend, model_files
+from reenact.voice.dataset import find_inputs, prepare_dataset
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,6 @@ def subjects_root() -> Path:
         return Path(os.environ["REENACT_SUBJECTS"])
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "reenact" / "subjects"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -185,7 +181,6 @@ def create_subject(
     `face_index`: which face of the portrait is the subject (0 = largest).
     Every input is checked before any work; an unfinished run is resumed only when its inputs are the same."""
     from reenact.face.detect import FaceDetector, choose_face
-    from reenact.pipeline import load_image
 
     say = step or (lambda message: None)
     root = root or subjects_root()
@@ -213,7 +208,7 @@ def create_subject(
         log.info("%s: resuming an unfinished run with the same inputs", partial)
     partial.mkdir(exist_ok=True)
     if not stamp_path.exists():
-        _write_atomic(stamp_path, json.dumps(stamp, indent=2))
+        write_text(stamp_path, json.dumps(stamp, indent=2))
 
     # 1. Portrait and its face.
     say("portrait")
@@ -223,13 +218,13 @@ def create_subject(
         face = choose_face(faces, face_index, portrait)
         (partial / "face.json").write_text(json.dumps(
             {"box": face.box.tolist(), "landmarks": face.landmarks.tolist(), "faces_found": len(faces)}))
-        _copy_atomic(portrait, kept_portrait)
+        copy_file(portrait, kept_portrait)
 
     # 2. Consent record.
     say("consent")
     kept_consent = partial / f"consent{consent.suffix.lower()}"
     if not kept_consent.exists():
-        _copy_atomic(consent, kept_consent)
+        copy_file(consent, kept_consent)
     record = Consent(document=kept_consent.name, sha256=sha256_file(kept_consent),
                      signer=signer or name, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), scope=scope)
 
@@ -238,8 +233,7 @@ def create_subject(
     voice_dataset = None
     summary: dict = {}
     if speech:
-        from reenact.voice.dataset import prepare_dataset
-        from reenact.voice.world import train_voice
+        from reenact.voice.world.model import train_voice
 
         dataset = partial / "voice" / "dataset"
         model = partial / "voice" / "model.safetensors"
@@ -274,8 +268,6 @@ def _check_speech(speech: list[Path] | None) -> list[Path]:
     """The speech files the inputs name (files, and media files under folders); raise when one is missing."""
     if not speech:
         return []
-    from reenact.voice.dataset import find_inputs
-
     for p in map(Path, speech):
         if not p.exists():
             raise ReenactError("speech input not found: give existing audio/video files or folders", p)
@@ -287,14 +279,9 @@ def _check_speech(speech: list[Path] | None) -> list[Path]:
 
 def _check_voice_model(src: Path) -> None:
     """Raise when a given voice model does not exist or is not one (before any work is done)."""
-    from reenact.voice.convert import detect_backend
-
     if not src.exists():
         raise ReenactError("voice model not found: give a trained voice model, or leave it out to train one", src)
-    if detect_backend(src) == "sovits":
-        from reenact.voice.sovits_infer import find_generator
-
-        find_generator(src)
+    model_files(src)
 
 
 def _file_stamp(path: Path) -> dict:
@@ -343,30 +330,14 @@ def _relative_paths(value: object, folder: Path) -> object:
 
 def _copy_voice_model(src: Path, voice_dir: Path) -> str:
     """Copy a trained voice model into the subject; return its path relative to the subject folder."""
-    from reenact.voice.convert import detect_backend
-
-    if not src.exists():
-        raise ReenactError("voice model not found", src)
+    files = model_files(src)
     voice_dir.mkdir(parents=True, exist_ok=True)
-    if detect_backend(src) == "world":
-        _copy_atomic(src, voice_dir / "model.safetensors")
-        return "voice/model.safetensors"
-    from reenact.voice.sovits_infer import find_generator
-
-    generator, config = find_generator(src)
-    (voice_dir / "sovits").mkdir(exist_ok=True)
-    _copy_atomic(config, voice_dir / "sovits" / "config.json")
-    _copy_atomic(generator, voice_dir / "sovits" / generator.name)
-    return "voice/sovits"
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _write_atomic(dst: Path, text: str) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, dst)
+    if len(files) == 1 and src.is_file():  # one file: voice/model.<suffix>
+        kept = voice_dir / ("model" + src.suffix)
+        copy_file(src, kept)
+        return f"voice/{kept.name}"
+    folder = voice_dir / detect_backend(src)  # several: voice/<backend>/ in the model's own layout
+    folder.mkdir(exist_ok=True)
+    for name, path in files.items():
+        copy_file(path, folder / name)
+    return f"voice/{folder.name}"

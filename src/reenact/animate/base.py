@@ -4,6 +4,10 @@ A backend turns a source face crop plus a stream of driver face crops into
 animated source crops. The pipeline does everything around it (detection,
 tracking, cropping, choosing the reference frame, paste back, encoding), so a
 new backend is one file implementing `Backend` and one entry in `BACKENDS`.
+The backend states what the pipeline must know before it starts: the crop sizes
+it works at (and which one "auto" means for a given face), where its square
+crop sits around the face, and where its output may differ from the source
+(its paste mask); the pipeline asks once.
 
 Coordinates: all landmarks handed to a backend are 68-point dlib/iBUG layouts
 in pixel coordinates of the square crop (0..size), float32, shape (68, 2).
@@ -14,9 +18,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from reenact.errors import ReenactError
+from reenact.face.align import CropConfig
 
 
 @dataclass
@@ -47,8 +54,18 @@ class Backend(Protocol):
     """What every motion backend provides."""
 
     name: str
-    size: int  # crop size in pixels (256 or 512)
+    sizes: ClassVar[tuple[int, ...]]  # crop sizes (px) it works at
+    crop: ClassVar[CropConfig]  # where its square crop sits around the face (the networks' training crop)
+    size: int  # crop size in pixels, one of `sizes`
     needs_driver_images: bool  # False lets the pipeline skip cropping driver frames
+
+    @classmethod
+    def auto_size(cls, face_side: float, options: dict) -> int:
+        """The size "auto" means for a portrait whose crop box is `face_side` pixels wide, with these options."""
+
+    def paste_mask(self) -> np.ndarray | None:
+        """(S, S) float32 mask for pasting crops back, 1 wherever the output may differ from the source; None
+        for the pipeline's feathered, colour-matched face mask."""
 
     def prepare(self, source: SourceFace, reference: DriverFrame) -> None:
         """Take the source once; `reference` is the driver frame motion is measured from."""
@@ -64,11 +81,24 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def create_backend(name: str, size: int = 256, **options) -> Backend:
-    """Instantiate a registered backend by name."""
-    from reenact.errors import ReenactError
-
+def backend_class(name: str) -> type:
+    """The class of a registered backend (imported only when asked for)."""
     if name not in BACKENDS:
         raise ReenactError(f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}")
     module_name, factory = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module_name), factory)(size=size, **options)
+    return getattr(importlib.import_module(module_name), factory)
+
+
+def resolve_size(cls: type, size: int | str, face_side: float, options: dict) -> int:
+    """The crop size for `size` ("auto" or a number of pixels) with backend class `cls`."""
+    if size == "auto":
+        return int(cls.auto_size(face_side, options))
+    if size not in cls.sizes:
+        raise ReenactError(f"--size must be {', '.join(map(str, cls.sizes))} or auto for the {cls.name} backend, "
+                           f"not {size}")
+    return int(size)
+
+
+def create_backend(name: str, size: int = 256, **options) -> Backend:
+    """Instantiate a registered backend by name."""
+    return backend_class(name)(size=size, **options)

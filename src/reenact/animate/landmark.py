@@ -44,6 +44,7 @@ from threadpoolctl import ThreadpoolController
 
 from reenact.animate.base import DriverFrame, SourceFace
 from reenact.errors import ReenactError
+from reenact.face.align import CropConfig
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,15 @@ class LandmarkBackend:
     """Relative landmark motion + thin-plate-spline warp; see the module docstring."""
 
     name = "landmark"
+    sizes = (256, 512)
+    crop = CropConfig()
+    AUTO_512_SIDE = 384  # "auto": a portrait crop at least this wide (px) is animated at 512
+
+    @classmethod
+    def auto_size(cls, face_side: float, options: dict) -> int:
+        """512 when 256 would blow a crop of the portrait of `face_side` >= 384 px up 1.5x or more (the face
+        looks soft), else 256."""
+        return 512 if face_side >= cls.AUTO_512_SIDE else 256
 
     def __init__(self, size: int = 256, **options) -> None:
         unknown = set(options) - set(LandmarkConfig.__dataclass_fields__)

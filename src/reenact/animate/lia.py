@@ -42,6 +42,8 @@ from torch import nn
 
 from reenact.animate.base import DriverFrame, SourceFace
 from reenact.errors import ReenactError
+from reenact.face.align import CropConfig
+from reenact.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -603,23 +605,14 @@ def load_generator(path: str | Path, cfg: LiaConfig | None = None) -> Generator:
 
 def atomic_save(obj: dict, path: str | Path) -> None:
     """torch.save (or safetensors save_file for .safetensors) into a temp file beside `path`, then rename."""
-    import os
-    import tempfile
-
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(obj, tmp)
+            save_file(obj, str(tmp))
         else:
             torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_generator(gen: Generator, path: str | Path) -> None:
@@ -825,11 +818,20 @@ class LiaBackend:
 
     name = "lia"
     needs_driver_images = True
+    sizes = (256, 512)  # the published checkpoints are 256; a 512 model trained here works at 512
+    crop = CropConfig()
+
+    @classmethod
+    def auto_size(cls, face_side: float, options: dict) -> int:
+        return 256
 
     def __init__(self, size: int = 256, checkpoint: str | Path | None = None, motion: str = "relative",
-                 dtype: str | torch.dtype = "float32", device: str | None = None, **_: object):
+                 dtype: str | torch.dtype = "float32", device: str | None = None, **unknown: object):
         from reenact.models import resolve_checkpoint
 
+        if unknown:
+            raise ReenactError(f"unknown LIA backend option(s): {', '.join(sorted(unknown))} (it takes checkpoint, "
+                               "motion, dtype and device)")
         if motion not in ("relative", "absolute"):
             raise ReenactError(f"unknown motion mode {motion!r}; choose relative or absolute")
         if isinstance(dtype, str):
@@ -846,6 +848,9 @@ class LiaBackend:
         self.size, self.motion = size, motion
         self.animator = Animator(gen, device=device, dtype=dtype)
         log.info("LIA: %s, %s motion, %s on %s", ckpt, motion, dtype, device)
+
+    def paste_mask(self) -> None:
+        return None  # the whole face may change: the pipeline's feathered, colour-matched mask
 
     def prepare(self, source: SourceFace, reference: DriverFrame) -> None:
         self.animator.set_source(to_tensor(source.image[None]))

@@ -39,8 +39,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from reenact.animate.lia import (ConvLayer, EqualLinear, Generator, LiaConfig, ResBlock, atomic_save)
+from reenact.animate.lia import ConvLayer, EqualLinear, Generator, LiaConfig, ResBlock, atomic_save
 from reenact.errors import ReenactError
+from reenact.media.video import iter_frames
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ class PairDataset(torch.utils.data.Dataset):
 
     def _video(self, k: int) -> np.ndarray:
         if k not in self._cache:
-            from reenact.media.video import iter_frames
-
             frames = []
             for frame in iter_frames(self.items[k]):
                 frames.append(self._resize(frame))

@@ -37,6 +37,7 @@ import numpy as np
 from reenact.errors import ReenactError
 from reenact.face import pose
 from reenact.face.detect import Face, FaceDetector, FaceEmbedder, Track, TrackConfig, choose_face, track
+from reenact.media.image import load_image
 from reenact.media.video import iter_frames, probe
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,6 @@ def evaluate_face(
 
     Returns a JSON-serialisable dict; measures that cannot be computed are None.
     """
-    from reenact.pipeline import load_image
 
     video, source, driver = Path(video), Path(source), Path(driver)
     report = progress or (lambda stage, done, total: None)
@@ -258,8 +258,6 @@ def evaluate_face(
 @functools.lru_cache(maxsize=16)
 def _source_embedding(path: str, size: int, mtime_ns: int, face_index: int) -> np.ndarray:
     """The portrait's face embedding, once per portrait file and process (a study makes many clips of one)."""
-    from reenact.pipeline import load_image
-
     image = load_image(path)
     detector = FaceDetector()
     faces = detector.detect(image, upsample=0) if max(image.shape[:2]) > 400 else []  # 4x cheaper, enough for
@@ -279,11 +277,11 @@ def evaluate_face_fast(
 ) -> dict:
     """`evaluate_face`'s measures of a video `animate` has just made, at a small part of its cost.
 
-    The driver is not tracked again: `driver` is the render's own track (`AnimateResult.driver_track`, frame
+    The driver is not tracked again: `driver` is the render's own track (`AnimateResult.driver.track`, frame
     for frame the output's). The output is decoded once and tracked with a detection every `keyframe_seconds`
     and the landmark predictor between (a few ms a frame: the face stays inside the pasted crop, so it is not
-    lost between detections); identity is the distance on `identity_samples` frames spread over the clip. `evaluate_face` stays the reference
-    (a fresh detection on every frame of both videos, 32 identity samples). Adds "series": per-frame mouth
+    lost between detections); identity is the distance on `identity_samples` frames spread over the clip.
+    `evaluate_face` stays the reference (a fresh detection on every frame of both videos, 32 identity samples). Adds "series": per-frame mouth
     opening of output and driver (inner-lip gap over face scale), for plots.
     """
     video, source = Path(video), Path(source)
@@ -294,7 +292,8 @@ def evaluate_face_fast(
     source_embedding = _source_embedding(str(source.resolve()), stat.st_size, stat.st_mtime_ns, face_index)
     info = probe(video)
     n_expected = driver.n_frames
-    chosen = set(np.round(np.linspace(0, max(n_expected - 1, 0), min(identity_samples, n_expected))).astype(int).tolist())
+    chosen = set(np.round(np.linspace(0, max(n_expected - 1, 0), min(identity_samples, n_expected))).astype(int)
+                 .tolist())
     kept: dict[int, np.ndarray] = {}
 
     def frames():

@@ -24,7 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from reenact.errors import ReenactError
-from reenact.voice import features as F
+from reenact.media.audio import Audio, read_audio
+from reenact.voice import signal as S
+from reenact.voice.convert import convert_array, load_voice
+from reenact.voice.dataset import dataset_clips
+from reenact.voice.world import analysis as F
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,14 @@ RATE = 16000
 MAX_TARGET_CLIPS = 60
 
 
-def load16(path: str | Path) -> np.ndarray:
-    x = F.load_mono(path, RATE)
-    F.check_signal(x, RATE, Path(path), min_seconds=0.1)
+def load16(source: str | Path | Audio) -> np.ndarray:
+    """Mono 16 kHz float64 speech from a file (any audio or video) or from audio in memory."""
+    if isinstance(source, Audio):
+        x = S.to_mono(source, RATE)
+        S.check_signal(x, RATE, None, min_seconds=0.1)
+        return x
+    x = S.load_mono(source, RATE)
+    S.check_signal(x, RATE, Path(source), min_seconds=0.1)
     return x
 
 
@@ -96,8 +105,6 @@ def cached_speaker_embedding(paths: list[Path]) -> np.ndarray:
 
 def speaker_paths(path: str | Path, limit: int = MAX_TARGET_CLIPS) -> list[Path]:
     """A file, or up to `limit` clips spread over a dataset or folder of references."""
-    from reenact.voice.world import dataset_clips
-
     path = Path(path)
     if path.is_file():
         return [path]
@@ -139,7 +146,7 @@ def f0_correlation(converted: np.ndarray, original: np.ndarray) -> dict:
 
 def _mcep(x: np.ndarray, dims: int = 25) -> np.ndarray:
     w = F.analyze(x, RATE, frame_period=10.0)
-    from reenact.voice.world import speech_frames
+    from reenact.voice.world.model import speech_frames
 
     cep = F.Cepstrum(RATE, w.sp.shape[1], dims)
     # DCT of the log power envelope -> cepstrum of the log amplitude (SPTK scale)
@@ -204,18 +211,23 @@ def read_text(text: str | Path) -> str:
     return str(text)
 
 
-def evaluate_voice(converted: str | Path, target: str | Path, original: str | Path,
+def evaluate_voice(converted: str | Path | Audio, target: str | Path, original: str | Path | Audio,
                    reference: str | Path | None = None, text: str | None = None,
                    model: str | Path | None = None) -> dict:
-    """Measure converted speech against the target speaker and the original it was converted from."""
+    """Measure converted speech against the target speaker and the original it was converted from (each a
+    file, or audio in memory)."""
     conv, orig = load16(converted), load16(original)
     e_conv = embed(conv)
     e_target = cached_speaker_embedding(speaker_paths(target))
     e_utterance = embed(orig)
-    # A file's speaker embedding is its one utterance's (unit norm): embed it once, not twice.
-    e_orig = e_utterance if Path(original).is_file() else speaker_embedding(speaker_paths(original))
+    # A file's (or an in-memory clip's) speaker embedding is its one utterance's: embed it once, not twice.
+    if isinstance(original, Audio) or Path(original).is_file():
+        e_orig = e_utterance / np.linalg.norm(e_utterance)
+    else:
+        e_orig = speaker_embedding(speaker_paths(original))
+    name = lambda source: None if isinstance(source, Audio) else str(source)
     out: dict = {
-        "converted": str(converted), "target": str(target), "original": str(original),
+        "converted": name(converted), "target": str(target), "original": name(original),
         "cos_target": float(e_conv @ e_target), "cos_original": float(e_conv @ e_orig),
         "baseline_cos_target": float(e_utterance @ e_target),
     }
@@ -230,11 +242,8 @@ def evaluate_voice(converted: str | Path, target: str | Path, original: str | Pa
         out["wer"] = word_error_rate(text, out["hyp_converted"])
         out["wer_original"] = word_error_rate(text, out["hyp_original"])
     if model is not None:
-        from reenact.media.audio import read_audio
-        from reenact.voice.convert import convert_array, load_voice
-
         voice = load_voice(model)
-        audio = read_audio(original, mono=True)
+        audio = original if isinstance(original, Audio) else read_audio(original, mono=True)
         start = time.perf_counter()
         convert_array(audio.mono(), audio.sample_rate, voice)
         out["rtf"] = (time.perf_counter() - start) / audio.duration

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.media.container import open_container
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ def normalise_loudness(audio: Audio, lufs: float) -> Audio:
 
 def has_audio(path: str | Path) -> bool:
     """True when the file has at least one audio stream."""
-    from reenact.media.video import open_container
 
     with open_container(path) as container:
         return bool(container.streams.audio)
@@ -84,7 +84,6 @@ def has_audio(path: str | Path) -> bool:
 
 def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = False) -> Audio:
     """Decode a file's first audio track (resampled to `sample_rate` if given)."""
-    from reenact.media.video import open_container
 
     path = Path(path)
     with open_container(path) as container:
@@ -98,7 +97,6 @@ def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Fa
 
 def audio_rate(path: str | Path) -> int:
     """The sample rate of a file's first audio track."""
-    from reenact.media.video import open_container
 
     path = Path(path)
     with open_container(path) as container:
@@ -108,7 +106,6 @@ def audio_rate(path: str | Path) -> int:
 def iter_audio(path: str | Path, sample_rate: int, mono: bool = False) -> Iterator[np.ndarray]:
     """Decode a file's first audio track block by block, as `read_audio` does: float32 (channels, n) at
     `sample_rate`. For inputs too long to hold whole."""
-    from reenact.media.video import open_container
 
     path = Path(path)
     with open_container(path) as container:
@@ -161,7 +158,6 @@ def _pcm_blocks(audio: AudioSource) -> tuple[Iterator[np.ndarray], int, str]:
         samples = audio.samples if audio.channels <= 2 else audio.samples[:2]
         return iter([samples]), audio.sample_rate, layout
 
-    from reenact.media.video import open_container
 
     container = open_container(audio)
     try:

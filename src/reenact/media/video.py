@@ -11,7 +11,6 @@ only when the whole file is written, muxing an audio track if asked.
 from __future__ import annotations
 
 import logging
-import os
 import queue as queue_module
 import threading
 from dataclasses import dataclass
@@ -23,6 +22,9 @@ import av
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.files import atomic_write, temporary_path
+from reenact.media.audio import AudioSource, mux_audio
+from reenact.media.container import check_output_path, open_container, short_error
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +50,6 @@ class VideoInfo:
     has_audio: bool
 
 
-def open_container(path: str | Path) -> av.container.InputContainer:
-    """Open a media file, turning FFmpeg's errors into one clear line."""
-    path = Path(path)
-    if not path.exists():
-        raise ReenactError("file not found", path)
-    if path.is_dir():
-        raise ReenactError("is a folder, expected a media file", path)
-    if path.stat().st_size == 0:
-        raise ReenactError("file is empty", path)
-    try:
-        return av.open(str(path))
-    except av.error.EOFError:
-        raise ReenactError("has no frames: the file ends before its first frame (truncated?)", path) from None
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise ReenactError(f"cannot be read as audio or video ({_short(exc)})", path) from None
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    # PyAV messages look like "[Errno 1094995529] Invalid data found when processing input: 'x'"
-    if "] " in text:
-        text = text.split("] ", 1)[1]
-    return text.split(": '")[0]
-
-
 def probe(path: str | Path) -> VideoInfo:
     """Describe a video file or raise `ReenactError` naming the problem."""
     path = Path(path)
@@ -91,7 +68,7 @@ def probe(path: str | Path) -> VideoInfo:
         try:
             first = next(container.decode(stream), None)
         except av.error.FFmpegError as exc:
-            raise ReenactError(f"video stream cannot be decoded ({_short(exc)})", path) from None
+            raise ReenactError(f"video stream cannot be decoded ({short_error(exc)})", path) from None
         if first is None:
             raise ReenactError("video has no frames", path)
         rotation = _rotation(first)
@@ -170,28 +147,8 @@ def iter_frames(path: str | Path, fps: Fraction | None = None) -> Iterator[np.nd
                 next_index += gap + 1
         except av.error.FFmpegError as exc:
             if previous is None:
-                raise ReenactError(f"video stream cannot be decoded ({_short(exc)})", path) from None
-            log.warning("%s: decoding stopped early after %d frames (%s)", path, next_index, _short(exc))
-
-
-def temporary_path(path: Path) -> Path:
-    """A sibling path for writing `path` atomically (same folder, so rename is atomic)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-
-
-def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
-    """Refuse an output path whose folder is missing, which is a folder, or (given `suffixes`) whose suffix
-    is not one of them."""
-    path = Path(path)
-    if path.is_dir():
-        raise ReenactError("is a folder; give an output file name such as out.mp4", path)
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise ReenactError(f"output must be a {' or '.join(suffixes)} file", path)
-    if not path.parent.exists():
-        raise ReenactError(f"output folder {path.parent} does not exist; create it first", path)
-    if not os.access(path.parent, os.W_OK):
-        raise ReenactError(f"output folder {path.parent} is not writable", path)
-    return path
+                raise ReenactError(f"video stream cannot be decoded ({short_error(exc)})", path) from None
+            log.warning("%s: decoding stopped early after %d frames (%s)", path, next_index, short_error(exc))
 
 
 class VideoWriter:
@@ -223,7 +180,7 @@ class VideoWriter:
         self.metadata = dict(metadata or {})
         self.threads = threads
         self.frames_written = 0
-        self._tmp = temporary_path(self.path)
+        self._tmp = temporary_path(self.path, "encoded")  # the bare H.264 stream; close() remuxes it
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self._size: tuple[int, int] | None = None
@@ -301,9 +258,8 @@ class VideoWriter:
         if self._error is not None:
             raise self._error
 
-    def close(self, audio: "AudioSource | None" = None) -> Path:
+    def close(self, audio: AudioSource | None = None) -> Path:
         """Finish the video, mux `audio` if given, and move the file into place."""
-        from reenact.media.audio import mux_audio  # local: audio imports this module
 
         if self._container is None:
             self.abort()
@@ -313,17 +269,10 @@ class VideoWriter:
             self._encode(0, None)
             self._container.close()
             self._container = None
-            if audio is not None or self.metadata:
-                muxed = self._tmp.with_name(self._tmp.name.replace(".partial", ".muxed"))
-                try:
-                    mux_audio(self._tmp, audio, muxed, metadata=self.metadata)
-                    os.replace(muxed, self._tmp)
-                finally:
-                    muxed.unlink(missing_ok=True)
-            os.replace(self._tmp, self.path)
-        except BaseException:
+            with atomic_write(self.path) as out:  # remuxed into place: packets copied, audio and tags added
+                mux_audio(self._tmp, audio, out, metadata=self.metadata)
+        finally:
             self.abort()
-            raise
         return self.path
 
     def abort(self) -> None:
@@ -343,4 +292,3 @@ class VideoWriter:
 
 
 # Imported at the end for the type name used in VideoWriter.close's signature.
-from reenact.media.audio import AudioSource  # noqa: E402

@@ -37,7 +37,9 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 from scipy.signal import resample_poly
 
+from reenact.errors import ReenactError
 from reenact.media.audio import Audio
+from reenact.media.container import open_container
 from reenact.provenance.payload import N_CODED, Payload, chips, decode, encode, rng
 
 log = logging.getLogger(__name__)
@@ -258,12 +260,8 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """
     import av
 
-    from reenact.media.video import open_container
-
     with open_container(path) as container:
         if not container.streams.audio:
-            from reenact.errors import ReenactError
-
             raise ReenactError("has no audio track", path)
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate or 48000

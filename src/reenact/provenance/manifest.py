@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reenact.errors import ReenactError
+from reenact.files import atomic_write, temporary_path, write_bytes
+from reenact.media.container import check_output_path
 from reenact.provenance.payload import ALGORITHM, Payload
 
 log = logging.getLogger(__name__)
@@ -133,20 +135,12 @@ def make_credentials(folder: Path, days: int = 3650) -> Credentials:
             .sign(root_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     creds = Credentials(folder / "cert.pem", folder / "key.pem", folder / "root.pem")
-    _write(creds.key, leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-           mode=0o600)
-    _write(creds.cert, leaf.public_bytes(pem) + root.public_bytes(pem))
-    _write(creds.root, root.public_bytes(pem))
+    write_bytes(creds.key, leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+                mode=0o600)
+    write_bytes(creds.cert, leaf.public_bytes(pem) + root.public_bytes(pem))
+    write_bytes(creds.root, root.public_bytes(pem))
     log.info("made a local C2PA signing key and certificate in %s", folder)
     return creds
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def manifest_definition(claims: Claims) -> dict:
@@ -227,14 +221,11 @@ def sign_mp4(in_path: str | Path, out_path: str | Path, claims: Claims, creds: C
     """
     import c2pa
 
-    from reenact.media.video import check_output_path, temporary_path
-
     in_path, out_path = Path(in_path), check_output_path(out_path)
     if not in_path.is_file():
         raise ReenactError("file not found", in_path)
     creds = creds or credentials()
-    tagged = temporary_path(out_path).with_name(temporary_path(out_path).name.replace(".partial", ".tagged"))
-    signed = temporary_path(out_path)
+    tagged = temporary_path(out_path, "tagged")
     try:
         shutil.copyfile(in_path, tagged)
         write_metadata(tagged, claims)
@@ -243,13 +234,12 @@ def sign_mp4(in_path: str | Path, out_path: str | Path, claims: Claims, creds: C
         settings = {"builder": {"thumbnail": {"enabled": False}}}
         with c2pa.Signer.from_info(info) as signer, c2pa.Context.from_dict(settings) as ctx, \
                 c2pa.Builder(manifest_definition(claims), ctx) as builder:
-            builder.sign_file(str(tagged), str(signed), signer)
-        os.replace(signed, out_path)
+            with atomic_write(out_path) as signed:
+                builder.sign_file(str(tagged), str(signed), signer)
     except c2pa.C2paError as exc:
         raise ReenactError(f"C2PA signing failed ({exc})", in_path) from None
     finally:
         tagged.unlink(missing_ok=True)
-        signed.unlink(missing_ok=True)
     return out_path
 
 

@@ -7,11 +7,11 @@ serves tests, benchmarks and marking a file made elsewhere.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from reenact.media.audio import has_audio, read_audio
-from reenact.media.video import VideoWriter, iter_frames, probe, temporary_path
+from reenact.files import temporary_path
+from reenact.media.video import VideoWriter, iter_frames, probe
 from reenact.provenance.audio_mark import mark_audio
 from reenact.provenance.label import draw_label
 from reenact.provenance.manifest import Claims, sign_mp4
@@ -30,7 +30,7 @@ def mark_file(in_path: str | Path, out_path: str | Path, payload: Payload | None
     info = probe(in_path)
     limit = int(max_seconds * float(info.fps)) if max_seconds else None
     marker = VideoMarker(payload)
-    unsigned = temporary_path(out_path).with_name(f".{out_path.stem}.{os.getpid()}.unsigned.mp4")
+    unsigned = temporary_path(out_path, "unsigned")
     try:
         writer = VideoWriter(unsigned, info.fps, crf=crf)
         try:

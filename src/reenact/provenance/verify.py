@@ -14,15 +14,15 @@ import logging
 from pathlib import Path
 
 from reenact.errors import ReenactError
+from reenact.media.container import open_container
+from reenact.provenance import audio_mark, video_mark
+from reenact.provenance.manifest import read_manifest, read_metadata
 
 log = logging.getLogger(__name__)
 
 
 def verify(path: str | Path, max_frames: int = 48) -> dict:
     """Report of every marking layer of a media file; `report["marked"]` is the verdict."""
-    from reenact.media.video import open_container
-    from reenact.provenance import audio_mark, video_mark
-    from reenact.provenance.manifest import read_manifest, read_metadata
 
     path = Path(path)
     with open_container(path) as container:  # raises a clear ReenactError for missing / unreadable files

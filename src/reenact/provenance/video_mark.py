@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from reenact.media.video import iter_frames, probe
 from reenact.provenance.payload import N_CODED, Payload, chips, decode, encode, rng
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,6 @@ def _read(residual: np.ndarray, count: int) -> VideoDetection:
 
 def sample_frames(path: str | Path, max_frames: int = 48, step: int | None = None):
     """Every `step`-th frame of a video (streamed), at most `max_frames` of them."""
-    from reenact.media.video import iter_frames, probe
-
     if step is None:
         step = max(1, probe(path).frame_count // max_frames)
     taken = 0

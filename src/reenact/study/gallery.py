@@ -13,7 +13,8 @@ import html
 import json
 from pathlib import Path
 
-from reenact.study.plan import Plan
+from reenact.files import write_text
+from reenact.study.plan import Plan, slug
 
 PLOT_W, PLOT_H = 220, 60
 
@@ -145,8 +146,6 @@ th{text-align:left;padding-right:1em;color:#555;font-weight:normal;vertical-alig
 
 def write_gallery(plan: Plan, study, records: list[dict], failed: dict[str, str]) -> Path:
     """Write STUDY_DIR/index.html from the clips' records and gallery data; return its path."""
-    from reenact.study.run import slug, write_atomic
-
     cards = []
     n_flagged = 0
     for record in sorted(records, key=lambda r: (r["condition"], r["key"])):
@@ -167,5 +166,5 @@ def write_gallery(plan: Plan, study, records: list[dict], failed: dict[str, str]
             f"mouth corr &ge; {plan.qc.mouth_corr_min:g}. This page names subjects and conditions: keep it "
             f"away from participants.</div>{failed_html}{''.join(cards)}</body></html>")
     out = study.root / "index.html"
-    write_atomic(out, page)
+    write_text(out, page)
     return out

@@ -9,7 +9,9 @@ the plan file.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -18,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from reenact.errors import ReenactError
-from reenact.subject import DEFAULT_SCOPE, NAME_PATTERN
+from reenact.face.detect import FaceDetector
+from reenact.media.audio import read_audio
+from reenact.media.image import load_image
+from reenact.media.video import iter_frames, probe
+from reenact.study.orders import orders_possible
+from reenact.subject import DEFAULT_SCOPE, NAME_PATTERN, load_subject
+from reenact.voice.convert import parse_transpose
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +143,12 @@ class Plan:
     @property
     def per_participant(self) -> int:
         return self.clips_per_participant or len(self.clips)
+
+
+def slug(key: str) -> str:
+    """A file name for a clip key (its readable parts plus a short hash, so two keys never collide)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", key.replace("/", "__"))[:80]
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------- reading
@@ -399,8 +413,6 @@ def plan_problems(plan: Plan) -> list[str]:
     if s.voice_training not in VOICE_TRAINING:
         p.append(f"[backends]: voice_training must be quick or full, not {s.voice_training!r}")
     try:
-        from reenact.voice.convert import parse_transpose
-
         parse_transpose(s.transpose)
     except ReenactError as exc:
         p.append(f"[backends]: transpose: {exc.message}")
@@ -413,8 +425,6 @@ def plan_problems(plan: Plan) -> list[str]:
         p.append(f"[study]: clips_per_participant is {per}, but the plan makes {len(plan.clips)} clips "
                  f"(at most {len(plan.clips)})")
     elif plan.clips:
-        from reenact.study.orders import orders_possible
-
         if not orders_possible(plan.clips, max(plan.participants, 1), plan.per_participant, plan.seed):
             p.append("[study]: one person is in too many clips for orders with no two clips of one person in a row; "
                      "add clips of others or show fewer clips per participant")
@@ -424,8 +434,6 @@ def plan_problems(plan: Plan) -> list[str]:
 
 
 def _subject_problems(plan: Plan) -> list[str]:
-    from reenact.subject import load_subject
-
     p: list[str] = []
     used = {c.subject for c in plan.clips if c.condition in ("fake", "face")}
     revoiced = {c.subject for c in plan.clips if c.condition == "fake"}
@@ -473,9 +481,6 @@ def _subject_problems(plan: Plan) -> list[str]:
 
 
 def _portrait_problems(path: Path, face_index: int, where: str) -> list[str]:
-    from reenact.face.detect import FaceDetector
-    from reenact.pipeline import load_image
-
     try:
         faces = FaceDetector().detect(load_image(path, 1280), upsample=1)
     except ReenactError as exc:
@@ -514,12 +519,6 @@ def _video_problems(plan: Plan) -> list[str]:
 
 def _probe_video(path: Path, duration: float | None) -> tuple[float, bool, bool]:
     """(seconds, a face in one of the first frames, audible sound in the part used)."""
-    import itertools
-
-    from reenact.face.detect import FaceDetector
-    from reenact.media.audio import read_audio
-    from reenact.media.video import iter_frames, probe
-
     info = probe(path)
     seconds = info.duration or info.frame_count / float(info.fps)
     detector = FaceDetector()

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import re
 import secrets
 import time
 import uuid
@@ -36,8 +35,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from reenact.errors import ReenactError
-from reenact.study.plan import Clip, Plan, check_plan
+from reenact.evaluate.voice import cached_speaker_embedding, speaker_paths
+from reenact.files import sha256_file, write_bytes
+from reenact.pipeline import _model_sha256
+from reenact.study.gallery import write_gallery
+from reenact.study.orders import Item, make_orders
+from reenact.study.plan import Plan, check_plan, slug
 from reenact.study.tasks import ClipTask, run_clip
+from reenact.subject import create_subject, load_subject
+from reenact.voice.world.model import TrainConfig
+from reenact.voice.world.ppgnet import NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +81,9 @@ class RunResult:
         return not self.failed
 
 
-def slug(key: str) -> str:
-    """A file name for a clip key (its readable parts plus a short hash, so two keys never collide)."""
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", key.replace("/", "__"))[:80]
-    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file through a temporary sibling and a rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    """Write a file atomically (readers see the old file or the whole new one)."""
+    write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def _sha256(data: bytes | str) -> str:
@@ -136,9 +135,6 @@ def _blinded_id(secret: bytes, key: str) -> str:
 # ---------------------------------------------------------------- subjects
 
 def _voice_train_config(plan: Plan):
-    from reenact.voice.ppgnet import NetConfig
-    from reenact.voice.world import TrainConfig
-
     return TrainConfig(net=NetConfig(epochs=2)) if plan.settings.voice_training == "quick" else TrainConfig()
 
 
@@ -146,8 +142,6 @@ def prepare_subjects(plan: Plan, study: StudyDir, progress: ProgressFn | None = 
     """Create the plan's inline subjects under work/subjects (once; a later run checks they still match).
 
     Subjects declared with the same speech share one trained voice model (trained for the first of them)."""
-    from reenact.subject import create_subject, load_subject, sha256_file
-
     seconds: dict[str, float] = {}
     trained: dict[tuple, Path] = {}
     config = _voice_train_config(plan)
@@ -173,17 +167,12 @@ def prepare_subjects(plan: Plan, study: StudyDir, progress: ProgressFn | None = 
         if spec.speech and spec.voice_model is None and subject.voice_model_path is not None:
             trained.setdefault(speech_key, subject.voice_model_path)
         if subject.voice_dataset:  # the voice measures compare with it: once here, not in every clip
-            from reenact.evaluate.voice import cached_speaker_embedding, speaker_paths
-
             cached_speaker_embedding(speaker_paths(subject.folder / subject.voice_dataset))
         seconds[name] = round(time.perf_counter() - t, 3)
     return seconds
 
 
 def _subject_inputs(name: str, subjects_dir: Path | None) -> dict:
-    from reenact.pipeline import _model_sha256
-    from reenact.subject import load_subject, sha256_file
-
     subject = load_subject(name, subjects_dir)
     subject.check_consent()
     model = subject.voice_model_path
@@ -196,8 +185,6 @@ def _subject_inputs(name: str, subjects_dir: Path | None) -> dict:
 
 def build_tasks(plan: Plan, study: StudyDir, secret: bytes) -> list[tuple[ClipTask, dict]]:
     """Each clip's task and its identity (hashes of inputs and settings) for resuming."""
-    from reenact.subject import sha256_file
-
     settings = plan.settings.as_dict()
     subject_inputs: dict[str, dict] = {}
     driver_hash: dict[Path, str] = {}
@@ -247,8 +234,6 @@ def is_done(study: StudyDir, ident: dict) -> bool:
 
 
 def _file_sha256(path: Path) -> str:
-    from reenact.subject import sha256_file
-
     return sha256_file(path)
 
 
@@ -492,9 +477,6 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 def finish_study(plan: Plan, study: StudyDir, jobs: list, result: RunResult, engine: dict,
                  subject_seconds: dict, clips_wall: float) -> None:
     """stimuli.csv, key.csv, orders (when every clip is done), study.json and the gallery, from the records."""
-    from reenact.study.gallery import write_gallery
-    from reenact.study.orders import Item, make_orders
-
     records = sorted(_records(study, jobs), key=lambda r: r["id"])
     write_atomic(study.root / "stimuli.csv", _csv(
         [{"id": r["id"], "file": f"stimuli/{r['id']}.mp4", "duration": r["video"]["duration"],

@@ -24,7 +24,20 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from reenact.evaluate.voice import RATE
+from reenact.files import sha256_file
+from reenact.media.audio import Audio, integrated_loudness, normalise_loudness, read_audio
+from reenact.media.image import fit_frame
+from reenact.media.video import VideoWriter, iter_frames, probe
+from reenact.pipeline import AnimateConfig, MakeConfig, make
+from reenact.provenance.verify import verify
+from reenact.voice.world.analysis import f0_track
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +85,15 @@ def run_clip(task: ClipTask) -> dict:
 
 
 def _limit_threads(threads: int) -> None:
+    """This worker process's CPU threads (it makes one clip at a time; other workers have the other cores)."""
     if threads <= 0:
         return
-    import cv2
-    import torch
-    from threadpoolctl import threadpool_limits
-
     cv2.setNumThreads(threads)
     torch.set_num_threads(threads)
     threadpool_limits(threads)
 
 
 def _make_fake(task: ClipTask, out: Path) -> dict:
-    from reenact.pipeline import AnimateConfig, MakeConfig, make
-
     s = task.settings
     config = MakeConfig(
         animate=AnimateConfig(backend=s["motion"], size=s["size"], crf=s["crf"], preset=s["preset"],
@@ -101,11 +109,6 @@ def _make_fake(task: ClipTask, out: Path) -> dict:
 
 def make_real(path: Path, out: Path, settings: dict) -> dict:
     """A real control: the fakes' decode, resize, encode and loudness path, with no mark."""
-    from reenact.media.audio import Audio, normalise_loudness, read_audio
-    from reenact.media.frame import fit_frame
-    from reenact.media.video import VideoWriter, iter_frames, probe
-    from reenact.subject import sha256_file
-
     start = time.perf_counter()
     fps = Fraction(settings["fps"])
     info = probe(path)
@@ -131,10 +134,6 @@ def make_real(path: Path, out: Path, settings: dict) -> dict:
 
 def describe(video: Path, source: Path, condition: str, duration: float | None) -> dict:
     """What the gallery shows of a made clip: verify result, loudness, frame strip, F0 series."""
-    from reenact.media.audio import integrated_loudness, read_audio
-    from reenact.media.video import probe
-    from reenact.provenance.verify import verify
-
     seconds = {}
     t = time.perf_counter()
     v = verify(video)
@@ -165,18 +164,12 @@ def describe(video: Path, source: Path, condition: str, duration: float | None) 
 
 
 def _frame_count(video: Path):
-    import av
-
     with av.open(str(video)) as c:
         yield from (p for p in c.demux(c.streams.video[0]) if p.size)
 
 
 def frame_strip(video: Path, n: int = STRIP_FRAMES, height: int = STRIP_HEIGHT) -> list[str]:
     """`n` frames spread over the clip, as base64 JPEG thumbnails `height` pixels high."""
-    import cv2
-
-    from reenact.media.video import iter_frames, probe
-
     total = max(probe(video).frame_count, 1)
     wanted = set(np.round(np.linspace(0, total - 1, n)).astype(int).tolist())
     out = []
@@ -190,15 +183,14 @@ def frame_strip(video: Path, n: int = STRIP_FRAMES, height: int = STRIP_HEIGHT) 
 
 
 def _f0_series(video: Path, source: Path, condition: str, duration: float | None) -> dict:
-    """F0 (Hz, 10 ms frames, 0 unvoiced) of the clip's speech, and of the driver's original for fakes."""
-    from reenact.evaluate.voice import RATE, speaker_f0
-    from reenact.media.audio import read_audio
+    """F0 (Hz, 10 ms frames, 0 unvoiced; one DIO pass, for the plot) of the clip's speech, and of the driver's
+    original for fakes."""
 
     def f0(path: Path) -> list[float]:
         x = read_audio(path, RATE, mono=True).mono()
         if duration:
             x = x[: int(duration * RATE)]
-        track = speaker_f0(x.astype(np.float64)) if x.size > RATE // 10 else np.zeros(0)
+        track = f0_track(x.astype(np.float64), RATE, 10.0) if x.size > RATE // 10 else np.zeros(0)
         step = max(1, len(track) // PLOT_POINTS)
         return np.round(track[::step], 1).tolist()
 

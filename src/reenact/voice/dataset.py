@@ -19,14 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from reenact.errors import ReenactError
-from reenact.voice import features as F
+from reenact.files import atomic_write, write_text
+from reenact.voice import signal as S
 
 log = logging.getLogger(__name__)
 
@@ -132,18 +132,12 @@ def _key(path: Path) -> str:
 def _write_flac(path: Path, x: np.ndarray, sr: int) -> None:
     import soundfile as sf
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.flac")
-    try:
+    with atomic_write(path) as tmp:
         sf.write(str(tmp), x.astype(np.float32), sr, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / f".manifest.{os.getpid()}.partial"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out_dir / "manifest.json")
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
 
 
 def prepare_file(path: Path, out_dir: Path, cfg: PrepareConfig) -> tuple[list[dict], dict[str, int], float]:
@@ -151,10 +145,10 @@ def prepare_file(path: Path, out_dir: Path, cfg: PrepareConfig) -> tuple[list[di
     import pyloudnorm
 
     sr = cfg.sample_rate
-    x = F.load_mono(path, sr)
+    x = S.load_mono(path, sr)
     seconds = len(x) / sr
     hop = 0.01
-    db = F.frame_db(x, sr, 0.02, hop)
+    db = S.frame_db(x, sr, 0.02, hop)
     runs, thr = pauses(db, hop, cfg.min_pause)
     if np.percentile(db, 95) - np.percentile(db, 10) < cfg.min_snr:  # no pauses stand out of the noise
         log.info("%s: dropped (too noisy: no pauses stand out)", path)
@@ -277,3 +271,26 @@ def _prepare(paths: list[Path], inputs: list[Path], out_dir: Path, cfg: PrepareC
     if not manifest_path.is_file():
         _write_manifest(out_dir, manifest)
     return summary
+
+
+AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff"}
+
+
+def dataset_clips(dataset_dir: Path, need_manifest: bool = False) -> list[Path]:
+    """The clips of a dataset folder: those in its manifest.json (from `reenact voice prepare`), else (unless
+    `need_manifest`) every audio file under it."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise ReenactError("dataset folder not found", dataset_dir)
+    manifest = dataset_dir / "manifest.json"
+    if manifest.is_file():
+        try:
+            clips = [dataset_dir / c["file"] for c in json.loads(manifest.read_text())["clips"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ReenactError(f"unreadable manifest ({exc})", manifest) from None
+        if not clips and need_manifest:
+            raise ReenactError("the dataset has no clips", manifest)
+        return clips
+    if need_manifest:
+        raise ReenactError("no manifest.json: prepare the dataset with `reenact voice prepare` first", dataset_dir)
+    return sorted(p for p in dataset_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTS and not p.name.startswith("."))

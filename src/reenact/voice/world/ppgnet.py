@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 
-from reenact.voice import features as F
+from reenact.threads import torch_threads
+from reenact.voice.world import analysis as F
+from reenact.voice.world.phonetic import context_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,6 @@ def inputs(ncep: np.ndarray, post: np.ndarray, voiced: np.ndarray, segment: np.n
     """Network input rows: normalised cepstra and posteriors, each with its context (``context_stack``), and
     the voicing flag; only for the frames `rows` when given (conversion needs the speech frames). Written
     block by block into `out` when given (training fills a float16 array)."""
-    from reenact.voice.world import context_rows
-
     blocks = ((ncep.astype(np.float32), CEP_CONTEXT), (post.astype(np.float32), PPG_CONTEXT))
     if out is None:
         out = np.empty((len(ncep) if rows is None else len(rows), input_width(post.shape[1])), np.float32)
@@ -182,13 +182,8 @@ def train(mc: np.ndarray, ap: np.ndarray, post: np.ndarray, voiced: np.ndarray, 
 
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one core per member: small products, threads only add overhead
-    try:
-        with ThreadPoolExecutor(min(2, config.nets)) as pool:  # torch releases the GIL
-            members = list(pool.map(member, range(config.nets)))
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), ThreadPoolExecutor(min(2, config.nets)) as pool:  # one core per member: small
+        members = list(pool.map(member, range(config.nets)))  # products; torch releases the GIL
     tensors = {f"net_{k}": np.stack([m[k] for m in members]) for k in members[0]}
     tensors["net_y_spread"] = y.std(axis=0)
     log.info("ppg-net: %d networks trained on %d frames (x%d) in %.1f s", config.nets, len(mc), config.copies,

@@ -24,6 +24,7 @@ import math
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,8 +33,10 @@ import numpy as np
 import torch
 
 from reenact.errors import ReenactError
-from reenact.voice import content as C
-from reenact.voice import sovits
+from reenact.threads import torch_threads
+from reenact.voice import signal as S
+from reenact.voice.sovits import content as C
+from reenact.voice.sovits import model as sovits
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +161,8 @@ class SovitsVoice:
         workers = max(1, min(cfg.workers or torch.get_num_threads(), len(chunks))) if on_cpu else 1
         size = max(1, cfg.batch_size or (1 if on_cpu else 8))
         groups = [list(range(k, min(k + size, len(chunks)))) for k in range(0, len(chunks), size)]
-        threads = torch.get_num_threads()
         pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        threads = ExitStack()
         try:
             f0, uv = C.interpolate_f0(self._f0(x, chunks, ctx, cfg.f0_method, pool))
             semitones, predict = self.shift(f0, uv, cfg)
@@ -179,7 +182,7 @@ class SovitsVoice:
                     f0b, uvb = np.zeros((len(group), n), np.float32), np.zeros((len(group), n), np.float32)
                     for i, (a0, b0) in enumerate(spans):
                         c[i, :, :b0 - a0] = C.repeat_expand(
-                            self.encoder.encode(C.resample(x[a0 * hop:b0 * hop], sr, C.HUBERT_SR)), b0 - a0)
+                            self.encoder.encode(S.resample(x[a0 * hop:b0 * hop], sr, C.HUBERT_SR).astype(np.float32)), b0 - a0)
                         f0b[i, :b0 - a0], uvb[i, :b0 - a0] = f0[a0:b0], uv[a0:b0]
                     lengths = torch.tensor([b0 - a0 for a0, b0 in spans], device=self.device)
                     gen = torch.Generator(device=self.device).manual_seed(cfg.seed + group[0])
@@ -194,7 +197,7 @@ class SovitsVoice:
                 return [(a0, y[i, :(b0 - a0) * hop]) for i, (a0, b0) in enumerate(spans)]
 
             if pool is not None:  # one chunk per core: faster than one chunk on all cores (docs/sovits.md)
-                torch.set_num_threads(max(1, threads // workers))
+                threads.enter_context(torch_threads(torch.get_num_threads() // workers))
             batches = pool.map(run, groups) if pool is not None else map(run, groups)
             results = (y for batch in batches for y in batch)
             out = np.zeros(len(x), dtype=np.float32)
@@ -211,7 +214,7 @@ class SovitsVoice:
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-                torch.set_num_threads(threads)
+            threads.close()
         return out[:n_in]
 
     def _f0(self, x: np.ndarray, chunks: list[tuple[int, int]], ctx: int, method: str,
@@ -268,7 +271,7 @@ def convert_array(x: np.ndarray, sr: int, voice: SovitsVoice, cfg: ConvertConfig
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Convert mono audio at any sample rate; returns audio at the model's sample rate."""
     start = time.perf_counter()
-    y = voice.convert(C.resample(x, sr, voice.sample_rate), cfg, progress)
+    y = voice.convert(S.resample(x, sr, voice.sample_rate).astype(np.float32), cfg, progress)
     took = time.perf_counter() - start
     log.info("converted %.1f s in %.2f s (real-time factor %.3f)", len(x) / sr, took, took / max(len(x) / sr, 1e-9))
     return y

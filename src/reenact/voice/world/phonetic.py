@@ -243,3 +243,21 @@ def posteriorgram(x16: np.ndarray, model: PhoneModel | None = None, scale: float
     top = ll.max(axis=(1, 2), keepdims=True)
     phone = np.log(np.exp(ll - top).sum(-1)) + top[..., 0]
     return phone - np.logaddexp.reduce(phone, axis=1, keepdims=True)
+
+
+def context_rows(n: int, context: tuple[int, ...], segment: np.ndarray | None = None):
+    """(row indices, weight) of each block of `context_stack`: the rows themselves (weight 1), then the rows
+    `d` frames before and after for each `d` in `context` (weight 0.7), staying inside the same `segment`."""
+    idx = np.arange(n)
+    yield idx, 1.0
+    for d in context:
+        for s in (-1, 1):
+            j = np.clip(idx + s * d, 0, n - 1)
+            if segment is not None:  # stay inside the clip: fall back to the frame itself
+                j = np.where(segment[j] == segment, j, idx)
+            yield j, 0.7
+
+
+def context_stack(g: np.ndarray, context: tuple[int, ...], segment: np.ndarray | None = None) -> np.ndarray:
+    """Rows of `g` joined by 0.7 times the rows `context` frames before and after (within the same `segment`)."""
+    return np.concatenate([g if w == 1.0 else w * g[j] for j, w in context_rows(len(g), context, segment)], axis=1)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from reenact.errors import ReenactError
+from reenact.voice import signal as S
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +163,6 @@ def resolve_contentvec(spec: str | Path) -> Path:
             raise ReenactError("no config.json in the ContentVec folder", path)
         return path
     raise ReenactError("ContentVec not found: give its folder, its pytorch_model.bin, or 'contentvec'", path)
-
-
-def resample(x: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    if rate == new_rate:
-        return np.asarray(x, dtype=np.float32)
-    g = gcd(int(rate), int(new_rate))
-    return resample_poly(x, new_rate // g, rate // g).astype(np.float32)
 
 
 def repeat_expand(content: torch.Tensor, frames: int) -> torch.Tensor:
@@ -313,5 +303,5 @@ def get_features(wav: np.ndarray, sr: int, hop: int, encoder: ContentEncoder,
                  f0_method: str = "dio") -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Audio at the model's rate -> content [dim, frames], F0 [frames] (interpolated), voiced flag [frames]."""
     f0, uv = interpolate_f0(compute_f0(wav, sr, hop, f0_method))
-    c = encoder.encode(resample(wav, sr, HUBERT_SR))
+    c = encoder.encode(S.resample(wav, sr, HUBERT_SR).astype(np.float32))
     return repeat_expand(c, len(f0)), f0, uv

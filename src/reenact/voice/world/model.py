@@ -56,12 +56,15 @@ import pyworld
 from safetensors.numpy import load_file, save_file
 
 from reenact.errors import ReenactError
-from reenact.media.audio import Audio
-from reenact.voice import features as F
-from reenact.voice import ppgnet
-from reenact.voice.ppgnet import NetConfig
-from reenact.voice.phonetic import RATE as PPG_RATE
-from reenact.voice.phonetic import load_phone_model, posteriorgram
+from reenact.files import atomic_write
+from reenact.threads import torch_threads
+from reenact.voice import signal as S
+from reenact.voice.dataset import dataset_clips
+from reenact.voice.world import analysis as F
+from reenact.voice.world import ppgnet
+from reenact.voice.world.phonetic import RATE as PPG_RATE
+from reenact.voice.world.phonetic import context_stack, load_phone_model, posteriorgram
+from reenact.voice.world.ppgnet import NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +151,9 @@ class VoiceModel:
 
     def save(self, path: Path) -> Path:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
+        with atomic_write(path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp),
                       metadata={"reenact": json.dumps(self.meta)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -181,8 +180,8 @@ class VoiceModel:
 def _analyse_clip(args: tuple[str, int, int, dict | None]) -> dict:
     path, fs, dims, ppg = args
     try:
-        x = F.load_mono(path, fs)
-        F.check_signal(x, fs, Path(path), min_seconds=0.1)
+        x = S.load_mono(path, fs)
+        S.check_signal(x, fs, Path(path), min_seconds=0.1)
     except ReenactError as exc:
         return {"error": str(exc)}
     w = F.analyze(x, fs)
@@ -206,19 +205,6 @@ def speech_frames(sp: np.ndarray, floor_db: float = 45.0) -> np.ndarray:
     if len(level) == 0:
         return np.zeros(0, bool)
     return level > np.percentile(level, 95) - floor_db
-
-
-def dataset_clips(dataset_dir: Path) -> list[Path]:
-    """Clips of a dataset folder: those in its manifest, else every audio file under it."""
-    dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise ReenactError("dataset folder not found", dataset_dir)
-    manifest = dataset_dir / "manifest.json"
-    if manifest.is_file():
-        clips = json.loads(manifest.read_text())["clips"]
-        return [dataset_dir / c["file"] for c in clips]
-    exts = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff"}
-    return sorted(p for p in dataset_dir.rglob("*") if p.suffix.lower() in exts and not p.name.startswith("."))
 
 
 def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = None) -> Path:
@@ -352,7 +338,7 @@ def ppg_features(x: np.ndarray, fs: int, n_frames: int, scale: float, context: t
 
     Returns (n_frames, P * (1 + 2 * len(context))) for the model's P phones.
     """
-    post = np.exp(posteriorgram(F.resample(x, fs, PPG_RATE), scale=scale))  # 10 ms frames
+    post = np.exp(posteriorgram(S.resample(x, fs, PPG_RATE), scale=scale))  # 10 ms frames
     if len(post) == 0:
         post = np.full((1, len(load_phone_model().phones)), 1.0 / len(load_phone_model().phones))
     # WORLD frame t is centred at t * 5 ms; Sphinx frame i at i * 10 ms + 12.8 ms
@@ -361,24 +347,6 @@ def ppg_features(x: np.ndarray, fs: int, n_frames: int, scale: float, context: t
     hi = np.minimum(lo + 1, len(post) - 1)
     frac = (pos - lo)[:, None]
     return context_stack((1 - frac) * post[lo] + frac * post[hi], context)
-
-
-def context_rows(n: int, context: tuple[int, ...], segment: np.ndarray | None = None):
-    """(row indices, weight) of each block of `context_stack`: the rows themselves (weight 1), then the rows
-    `d` frames before and after for each `d` in `context` (weight 0.7), staying inside the same `segment`."""
-    idx = np.arange(n)
-    yield idx, 1.0
-    for d in context:
-        for s in (-1, 1):
-            j = np.clip(idx + s * d, 0, n - 1)
-            if segment is not None:  # stay inside the clip: fall back to the frame itself
-                j = np.where(segment[j] == segment, j, idx)
-            yield j, 0.7
-
-
-def context_stack(g: np.ndarray, context: tuple[int, ...], segment: np.ndarray | None = None) -> np.ndarray:
-    """Rows of `g` joined by 0.7 times the rows `context` frames before and after (within the same `segment`)."""
-    return np.concatenate([g if w == 1.0 else w * g[j] for j, w in context_rows(len(g), context, segment)], axis=1)
 
 
 def _ppg_knn(query: np.ndarray, pool: tuple, k: int, n_phones: int) -> np.ndarray:
@@ -390,9 +358,7 @@ def _ppg_knn(query: np.ndarray, pool: tuple, k: int, n_phones: int) -> np.ndarra
     query = query.astype(np.float32)
     top = query[:, :n_phones].argmax(axis=1)
     out = np.empty((len(query), values.shape[1]))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many small products: threads only add overhead (10x slower on a busy machine)
-    try:
+    with torch_threads(1):  # many small products: threads only add overhead (10x slower on a busy machine)
         for a in np.unique(top):
             rows = np.nonzero(top == a)[0]
             lo, hi = groups.get(int(a), (0, 0))
@@ -402,8 +368,6 @@ def _ppg_knn(query: np.ndarray, pool: tuple, k: int, n_phones: int) -> np.ndarra
             d = torch.from_numpy(norms[lo:hi])[None] - 2 * q @ kk.T
             nn = torch.topk(d, min(k, hi - lo), dim=1, largest=False).indices.numpy()
             out[rows] = values[lo + nn].mean(axis=1)
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
@@ -620,15 +584,15 @@ def convert_blocks(read: Callable[[], Iterable[np.ndarray]], rate: int, model: V
     f0_method, threads = conversion_f0_method(model), conversion_threads()
     fill = int(model.meta["config"].get("f0_fill", 0))
     sizes, f0s = [], []
-    for piece in F.pause_pieces(read(), rate, chunk_seconds):
+    for piece in S.pause_pieces(read(), rate, chunk_seconds):
         x = _at_rate(piece, rate, fs)
-        F.check_signal(x, fs, None, min_seconds=0.0)
+        S.check_signal(x, fs, None, min_seconds=0.0)
         sizes.append(len(piece))
         f0s.append(F.analyze_f0(x, fs, f0_method=f0_method, threads=threads))
         if progress:
             progress(len(f0s), 0)
     stats = F.lf0_stats(np.concatenate([fill_f0_gaps(f0, fill) for f0 in f0s] or [np.zeros(0)]))
-    for i, (piece, f0) in enumerate(zip(F.take_pieces(read(), sizes), f0s)):
+    for i, (piece, f0) in enumerate(zip(S.take_pieces(read(), sizes), f0s)):
         x = _at_rate(piece, rate, fs)
         log.debug("converting piece %d/%d (%.1f s)", i + 1, len(sizes), len(x) / fs)
         part = _convert_piece(x, model, transpose, method, stats, f0).astype(np.float32)
@@ -643,7 +607,7 @@ def convert_blocks(read: Callable[[], Iterable[np.ndarray]], rate: int, model: V
 
 def _at_rate(x: np.ndarray, rate: int, fs: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    return x if rate == fs else F.resample(x, rate, fs)
+    return x if rate == fs else S.resample(x, rate, fs)
 
 
 def _convert_piece(x: np.ndarray, model: VoiceModel, transpose: str | float, method: str | None,
@@ -661,24 +625,3 @@ def _convert_piece(x: np.ndarray, model: VoiceModel, transpose: str | float, met
     y *= rms_in / rms_out
     top = np.max(np.abs(y))
     return y / top * 0.99 if top > 0.99 else y
-
-
-def _as_model(model: VoiceModel | str | Path) -> VoiceModel:
-    return model if isinstance(model, VoiceModel) else VoiceModel.load(model)
-
-
-def convert_audio(audio: Audio, model: VoiceModel | str | Path, transpose: str | float = "auto") -> Audio:
-    """Convert speech held in memory (e.g. a driver video's audio track) to the model's voice."""
-    model = _as_model(model)
-    if audio.samples.size == 0:
-        raise ReenactError("audio has no samples")
-    x = F.to_mono(audio, model.sample_rate)
-    return Audio(convert_array(x, model, transpose).astype(np.float32), model.sample_rate)
-
-
-def convert_voice(input_path: Path, model_path: Path | VoiceModel, out_path: Path,
-                  transpose: str | float = "auto") -> Path:
-    """Convert the speech of any audio or video file and write it as WAV or FLAC (by suffix)."""
-    from reenact.voice.convert import convert_voice as convert_any
-
-    return convert_any(input_path, _as_model(model_path), out_path, transpose, backend="world")

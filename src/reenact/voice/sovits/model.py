@@ -39,8 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -53,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reenact.errors import ReenactError
+from reenact.files import atomic_write
 
 LOG = logging.getLogger(__name__)
 
@@ -748,14 +747,8 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, l
     payload = {"model": model.state_dict(), "iteration": iteration,
                "optimizer": optimizer.state_dict() if optimizer is not None else None,
                "learning_rate": learning_rate}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Any], path: str | Path | None = None,

@@ -42,8 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reenact.errors import ReenactError
-from reenact.voice import content as C
-from reenact.voice import sovits
+from reenact.files import atomic_write, write_text
+from reenact.voice import signal as S
+from reenact.voice.dataset import dataset_clips
+from reenact.voice.sovits import content as C
+from reenact.voice.sovits import model as sovits
 
 log = logging.getLogger(__name__)
 
@@ -264,35 +267,6 @@ def make_config(cfg: TrainConfig, speaker: str) -> dict:
 # ---------------------------------------------------------------- data
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def dataset_clips(dataset_dir: Path) -> list[Path]:
-    """The FLAC clips listed in a reenact dataset's manifest.json (from `reenact voice prepare`)."""
-    manifest = Path(dataset_dir) / "manifest.json"
-    if not manifest.is_file():
-        raise ReenactError("no manifest.json: prepare the dataset with `reenact voice prepare` first", dataset_dir)
-    try:
-        clips = [Path(dataset_dir) / c["file"] for c in json.loads(manifest.read_text())["clips"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReenactError(f"unreadable manifest ({exc})", manifest) from exc
-    if not clips:
-        raise ReenactError("the dataset has no clips", manifest)
-    return clips
-
-
 def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_normalize: bool = True) -> dict | None:
     """Training features of one clip, frame-aligned at the model's hop (as the fork's pre-hubert writes);
     None for a clip under 0.3 s."""
@@ -303,7 +277,7 @@ def clip_features(path: Path, config: dict, encoder: Any, f0_method: str, peak_n
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as exc:
         raise ReenactError(f"cannot read audio ({exc})", path) from exc
-    x = C.resample(x.mean(1), sr, data["sampling_rate"])
+    x = S.resample(x.mean(1), sr, data["sampling_rate"]).astype(np.float32)
     if len(x) < 0.3 * data["sampling_rate"]:  # as the fork: too short for the content encoder
         return None
     if peak_normalize and np.abs(x).max() > 0:
@@ -328,7 +302,7 @@ def preprocess(clips: list[Path], cache: Path, config: dict, encoder: Any, f0_me
     if rank == 0 and (not stamp_path.is_file() or stamp_path.read_text() != stamp):
         for old in cache.glob("*.pt"):
             old.unlink()
-        _atomic_text(stamp, stamp_path)
+        write_text(stamp_path, stamp)
     _barrier()
     out = [cache / f"{i:05d}_{p.stem}.pt" for i, p in enumerate(clips)]
     todo = [(p, o) for p, o in list(zip(clips, out))[rank::world] if not o.is_file()]
@@ -338,7 +312,8 @@ def preprocess(clips: list[Path], cache: Path, config: dict, encoder: Any, f0_me
         if features is None:
             log.info("%s: skipped (shorter than 0.3 s)", clip)
         else:
-            _atomic_save(features, path)
+            with atomic_write(path) as tmp:
+                torch.save(features, tmp)
         if n % 20 == 0 or n == len(todo):
             log.info("features: %d/%d clips (%.1f s)", n, len(todo), time.monotonic() - t0)
     _barrier()
@@ -540,7 +515,7 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise ReenactError("model path exists and is not a folder", model_dir)
-    clips = dataset_clips(dataset_dir)
+    clips = dataset_clips(dataset_dir, need_manifest=True)
     rank, world, device, started = _setup_distributed(cfg)
     try:
         # ---- configuration: template + overrides, or the one this folder was trained with
@@ -582,7 +557,7 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
                                  "p5_hz": float(np.percentile(f0, 5)) if len(f0) else None,
                                  "p95_hz": float(np.percentile(f0, 95)) if len(f0) else None}}
         if rank == 0:
-            _atomic_text(json.dumps(hps, indent=2), model_dir / "config.json")
+            write_text(model_dir / "config.json", json.dumps(hps, indent=2))
         perm = np.random.RandomState(1234).permutation(len(paths))
         val = [paths[i] for i in perm[:2]] if len(paths) >= 10 else []  # the fork holds out 2 clips
         train_paths = [paths[i] for i in sorted(perm[len(val):])]
@@ -656,9 +631,10 @@ def train_sovits(dataset_dir: str | Path, model_dir: str | Path, config: TrainCo
             lr0 = train["learning_rate"]
             sovits.save_checkpoint(g_raw, opt_g, lr0, epoch, model_dir / f"G_{step}.pth")
             sovits.save_checkpoint(d_raw, opt_d, lr0, epoch, model_dir / f"D_{step}.pth")
-            _atomic_save({"step": step, "epoch": epoch, "pos": pos, "sched_g": sched_g.state_dict(),
-                          "sched_d": sched_d.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
-                          "world": world, "batch_size": bs}, model_dir / "train_state.pt")
+            with atomic_write(model_dir / "train_state.pt") as tmp:
+                torch.save({"step": step, "epoch": epoch, "pos": pos, "sched_g": sched_g.state_dict(),
+                            "sched_d": sched_d.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+                            "world": world, "batch_size": bs}, tmp)
             clean_checkpoints(model_dir, cfg.keep_ckpts)
             log.info("saved G_%d.pth / D_%d.pth", step, step)
 

@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip" "setuptools<81" wheel
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	# optional crepe F0 for so-vits-svc; --no-deps: torchcrepe requires torchaudio, whose wheels replace torch
 	$(PY) -m pip install -q --no-deps "torchcrepe==0.0.24" "resampy>=0.4"
 	@touch $(STAMP)

@@ -543,6 +543,79 @@ def evaluate_voice_cmd(
     sys.stdout.write((json.dumps(report, indent=2) if as_json else format_voice_report(report)) + "\n")
 
 
+study_app = typer.Typer(help="Study sets: blinded, balanced stimuli from a plan, with a QC gallery "
+                        "(docs/study.md).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("check")
+@command
+def study_check(plan: Path = typer.Argument(..., help="The study plan (TOML; docs/study.md)."),
+                verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages.")) -> None:
+    """List every problem of a plan at once (files, subjects, consent, drivers, settings); exit 2 if any."""
+    from reenact.study import check_plan
+
+    _setup_logging(verbose)
+    checked = check_plan(plan)
+    counts = {c: sum(1 for x in checked.clips if x.condition == c) for c in ("fake", "face", "real")}
+    sys.stdout.write(f"{plan}: ok: {len(checked.clips)} clips ("
+                     + ", ".join(f"{n} {c}" for c, n in counts.items() if n)
+                     + f"), {checked.participants} participants x {checked.per_participant} clips\n")
+
+
+@study_app.command("run")
+@command
+def study_run(
+    plan: Path = typer.Argument(..., help="The study plan (TOML; docs/study.md)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Study folder (created; running again resumes)."),
+    workers: int = typer.Option(1, min=1, help="Local worker processes (each makes one clip at a time)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the clips on Ray instead: 'local' (a cluster on "
+                                      "this machine), 'auto' (the cluster `ray start` made here) or an address."),
+    retries: int = typer.Option(1, min=0, help="Extra tries of a clip that fails."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """Make every clip of a plan not made yet; write stimuli, key, orders, study.json and the QC gallery.
+    Exits 1 when a clip failed (the others are kept; run again to retry)."""
+    from reenact.study import run_study
+
+    _setup_logging(verbose)
+    with progress_display() as bar:
+        def progress(event) -> None:
+            if event.state in ("retry", "failed"):
+                err.print(f"{event.key}: {event.state}: {event.message}", highlight=False, soft_wrap=True)
+            elif event.state == "subject":
+                err.print(event.message, highlight=False)
+            if event.total:
+                bar("clips", event.done, event.total)
+
+        result = run_study(plan, output, workers=workers, ray=ray, retries=retries, progress=progress)
+    err.print(f"{output}: {len(result.made)} clips made, {len(result.skipped)} already done, "
+              f"{len(result.failed)} failed ({result.seconds:.0f} s); gallery: {output / 'index.html'}",
+              highlight=False)
+    for key, message in result.failed.items():
+        err.print(f"failed: {key}: {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@study_app.command("status")
+@command
+def study_status_cmd(study: Path = typer.Argument(..., help="A study folder made by `reenact study run`."),
+                     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+    """Print how many clips are done, failed and pending (and which failed, with why)."""
+    from reenact.study import study_status
+
+    status = study_status(study)
+    if as_json:
+        sys.stdout.write(json.dumps(status, indent=2) + "\n")
+        return
+    sys.stdout.write(f"{study}: {len(status['done'])} done, {len(status['failed'])} failed, "
+                     f"{len(status['pending'])} pending of {status['total']}\n")
+    for key, message in status["failed"].items():
+        sys.stdout.write(f"  failed: {key}: {message}\n")
+    for key in status["pending"]:
+        sys.stdout.write(f"  pending: {key}\n")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -14,6 +14,7 @@ Two passes over the driver keep memory constant whatever its length:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -31,9 +32,9 @@ from reenact.face import pose
 from reenact.face.align import Crop, PasteBack, face_box
 from reenact.face.detect import FaceDetector, Track, TrackConfig, choose_face, smooth_boxes, track
 from reenact.files import sha256_file, temporary_path, write_text
-from reenact.media.audio import Audio, read_audio
+from reenact.media.audio import Audio, normalise_loudness, read_audio
 from reenact.media.container import check_output_path
-from reenact.media.image import load_image
+from reenact.media.image import fit_frame, load_image
 from reenact.media.video import VideoInfo, VideoWriter, iter_frames, probe
 from reenact.provenance import Claims, Payload, VideoMarker, draw_label, mark_audio, sign_mp4
 from reenact.subject import load_subject
@@ -65,6 +66,11 @@ class AnimateConfig:
     crop_smooth_seconds: float = 1.0  # the driver's crop box follows the head this slowly
     visible_label: bool = True  # the "AI-generated" corner badge (the invisible marks are always added)
     consent_sha256: str | None = None  # the subject's consent record, stated in the manifest
+    # Study sets (reenact.study) need every clip alike; None keeps the driver's and the portrait's own:
+    fps: Fraction | None = None  # output frame rate: the driver is resampled to it by timestamp
+    canvas: tuple[int, int] | None = None  # (width, height): the portrait is fitted in, scaled and padded, uncropped
+    duration: float | None = None  # use only the driver's first seconds (frames and sound)
+    output_id: str | None = None  # the id the marks carry; None: a random uuid per output
 
 
 @dataclass
@@ -102,6 +108,8 @@ class Source:
 def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConfig, backend: type) -> Source:
     """Load the portrait, find the face, and cut the square crop the backend (class) animates."""
     image = load_image(path, config.max_side)
+    if config.canvas is not None:
+        image = fit_frame(image, *config.canvas)
     h, w = image.shape[:2]
     if h % 2 or w % 2:  # H.264 yuv420p wants even sizes; drop one edge row/column
         image = np.ascontiguousarray(image[: h - h % 2, : w - w % 2])
@@ -151,6 +159,12 @@ class _Clock:
         return now
 
 
+def driver_frames(path: Path, info: VideoInfo, config: AnimateConfig) -> Iterator[np.ndarray]:
+    """The driver's frames at `info.fps` (the config's rate, when it sets one), cut to `config.duration`."""
+    frames = iter_frames(path, info.fps)
+    return itertools.islice(frames, round(config.duration * info.fps)) if config.duration else frames
+
+
 @dataclass
 class DriverTrack:
     """The driver, followed: its face's landmarks in every frame, the smoothed crop box per frame, and the
@@ -172,7 +186,7 @@ class DriverTrack:
 def track_driver(path: Path, info: VideoInfo, detector: FaceDetector, config: AnimateConfig, backend: Backend,
                  source: Source, clock: _Clock, report: ProgressFn) -> DriverTrack:
     """Pass one: follow the face through the driver, place the backend's crop on it, choose the reference."""
-    frames = clock.timed("decode", iter_frames(path, info.fps))
+    frames = clock.timed("decode", driver_frames(path, info, config))
     t0, decoded = time.perf_counter(), clock.seconds["decode"]
     driver = track(frames, detector, config.track, config.driver_face_index, float(info.fps), path,
                    on_frame=lambda i: report("track", i + 1, info.frame_count))
@@ -193,7 +207,7 @@ def render(source: Source, driver: DriverTrack, backend: Backend, output: Path, 
     t = time.perf_counter()
     reference_image = None
     if backend.needs_driver_images:
-        reference_image = next(x for i, x in enumerate(iter_frames(path, info.fps)) if i == driver.reference)
+        reference_image = next(x for i, x in enumerate(driver_frames(path, info, config)) if i == driver.reference)
     backend.prepare(source.face, driver.frame(driver.reference, reference_image))
     paste = None
     if config.paste_back:  # a backend that knows where its output can differ says so (no colour drift either)
@@ -204,10 +218,10 @@ def render(source: Source, driver: DriverTrack, backend: Backend, output: Path, 
 
     n = driver.track.n_frames
     if backend.needs_driver_images:
-        images: Iterator[np.ndarray | None] = clock.timed("decode", iter_frames(path, info.fps))
+        images: Iterator[np.ndarray | None] = clock.timed("decode", driver_frames(path, info, config))
     else:
         images = iter([None] * n)
-    output_id = str(uuid.uuid4())
+    output_id = config.output_id or str(uuid.uuid4())
     payload = Payload.new(output_id)
     marker = VideoMarker(payload)
     unsigned = temporary_path(output, "unsigned")
@@ -236,6 +250,8 @@ def render(source: Source, driver: DriverTrack, backend: Backend, output: Path, 
             log.warning("%s: second decode gave %d of %d frames", path, writer.frames_written, n)
         t = time.perf_counter()
         sound = audio if audio is not None else (read_audio(path) if info.has_audio else None)
+        if sound is not None and config.duration:  # the sound ends with the frames
+            sound = Audio(sound.samples[:, : round(n / info.fps * sound.sample_rate)], sound.sample_rate)
         t = clock.add("mux", t)
         if sound is not None:
             sound = mark_audio(sound, payload)
@@ -281,6 +297,10 @@ def animate(
     report = progress or (lambda stage, done, total: None)
     t = time.perf_counter()
     info = probe(driver_path)
+    if config.fps or config.duration:  # resampled to the config's rate, cut to its duration
+        fps = Fraction(config.fps) if config.fps else info.fps
+        frames = min(info.frame_count, round(config.duration * fps)) if config.duration else info.frame_count
+        info = replace(info, fps=fps, frame_count=frames)
     detector = FaceDetector()
     if backend is not None:  # a backend object works at its own size
         config = replace(config, size=backend.size)
@@ -308,6 +328,12 @@ class MakeConfig:
     transpose: str = "auto"  # voice conversion: "auto" or semitones
     voice_options: dict = field(default_factory=dict)  # the voice backend's options (None: not given)
     measure: bool = True  # face and voice measures in the report
+    # "full": evaluate_face tracks output and driver again, detecting the face on every frame (the reference);
+    # "fast": reuses the render's driver landmarks, tracks the output from keyframes, identity on a few frames
+    # (what a study's gallery needs, at a small part of a clip's time; docs/study.md)
+    measure_mode: str = "full"
+    revoice: bool = True  # False keeps the driver's own speech (a study's `face` condition)
+    loudness: float | None = None  # LUFS (EBU R128) the sound is brought to before it is marked; None: as it is
 
 
 def make(subject_name: str, driver_path: str | Path, output: str | Path, config: MakeConfig | None = None,
@@ -326,6 +352,8 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     if output.resolve() == driver_path.resolve():
         raise ReenactError("output would overwrite the driver; choose another file name", output)
     parse_transpose(config.transpose)
+    if config.measure_mode not in ("full", "fast"):
+        raise ReenactError(f"measure mode must be full or fast, not {config.measure_mode!r}")
     subject = load_subject(subject_name, subjects_dir)
     subject.check_consent()  # the consent document is still the one the record was made from
     info = probe(driver_path)
@@ -333,15 +361,18 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     t = time.perf_counter()
 
     original = read_audio(driver_path) if info.has_audio else None
+    if original is not None and config.animate.duration:  # only the part the video keeps
+        original = Audio(original.samples[:, : round(config.animate.duration * original.sample_rate)],
+                         original.sample_rate)
     converted = None
-    model = subject.voice_model_path
+    model = subject.voice_model_path if config.revoice else None
     voice_backend = None
     if original is not None and model is not None and model.exists():
         voice_backend = detect_backend(model)
         report_fn("voice", 0, 1)
         converted = convert_audio(original, model, config.transpose, options=config.voice_options)
         report_fn("voice", 1, 1)
-    elif original is not None:
+    elif original is not None and config.revoice:
         if model is not None:
             raise ReenactError(f"subject {subject.name}'s voice model is missing; recreate the subject", model)
         log.warning("subject %s has no voice model: the driver's own voice is kept", subject.name)
@@ -352,8 +383,10 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
 
     animate_config = replace(config.animate, consent_sha256=subject.consent.record_sha256(),
                              face_index=subject.face_index)
-    result = animate(subject.portrait_path, driver_path, output, animate_config,
-                     audio=converted if converted is not None else original, progress=progress)
+    sound = converted if converted is not None else original
+    if sound is not None and config.loudness is not None:
+        sound = normalise_loudness(sound, config.loudness)
+    result = animate(subject.portrait_path, driver_path, output, animate_config, audio=sound, progress=progress)
     timings.update({f"animate.{k}": v for k, v in result.timings.items()})
 
     measures: dict = {}
@@ -361,7 +394,14 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         from reenact.evaluate.face import evaluate_face
 
         t = time.perf_counter()
-        measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
+        if config.measure_mode == "fast":
+            from reenact.evaluate.face import evaluate_face_fast
+
+            measures["face"] = evaluate_face_fast(output, subject.portrait_path, result.driver.track,
+                                                  face_index=subject.face_index, progress=progress)
+        else:
+            measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
+        timings["measure.face"] = time.perf_counter() - t
         if converted is not None and subject.voice_dataset:
             from reenact.evaluate.voice import evaluate_voice
 

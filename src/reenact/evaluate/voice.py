@@ -219,15 +219,17 @@ def evaluate_voice(converted: str | Path | Audio, target: str | Path, original: 
     conv, orig = load16(converted), load16(original)
     e_conv = embed(conv)
     e_target = cached_speaker_embedding(speaker_paths(target))
-    if isinstance(original, Audio):
-        e_orig = embed(orig) / np.linalg.norm(embed(orig))
+    e_utterance = embed(orig)
+    # A file's (or an in-memory clip's) speaker embedding is its one utterance's: embed it once, not twice.
+    if isinstance(original, Audio) or Path(original).is_file():
+        e_orig = e_utterance / np.linalg.norm(e_utterance)
     else:
         e_orig = speaker_embedding(speaker_paths(original))
     name = lambda source: None if isinstance(source, Audio) else str(source)
     out: dict = {
         "converted": name(converted), "target": str(target), "original": name(original),
         "cos_target": float(e_conv @ e_target), "cos_original": float(e_conv @ e_orig),
-        "baseline_cos_target": float(embed(orig) @ e_target),
+        "baseline_cos_target": float(e_utterance @ e_target),
     }
     out["closer_to_target"] = out["cos_target"] > out["cos_original"]
     out.update(f0_correlation(conv, orig))

@@ -10,6 +10,7 @@ smoothed over time with a filter that keeps blinks and lip motion.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from dataclasses import dataclass, field
@@ -53,14 +54,24 @@ def _rect(box: np.ndarray) -> dlib.rectangle:
     return dlib.rectangle(x0, y0, x1, y1)
 
 
+@functools.lru_cache(maxsize=None)
+def _dlib_model(name: str):
+    """dlib's models, loaded once per process (2-3 s each time otherwise; they hold no per-call state)."""
+    if name == "detector":
+        return dlib.get_frontal_face_detector()
+    if name == "predictor":
+        return dlib.shape_predictor(str(models_dir() / "shape_predictor_68_face_landmarks.dat"))
+    return dlib.face_recognition_model_v1(str(models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
+
+
 class FaceDetector:
     """dlib's HOG face detector plus the 68-point shape predictor."""
 
     def __init__(self, upsample: int = 1, max_side: int = 800) -> None:
         self.upsample = upsample
         self.max_side = max_side
-        self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(str(models_dir() / "shape_predictor_68_face_landmarks.dat"))
+        self._detector = _dlib_model("detector")
+        self._predictor = _dlib_model("predictor")
 
     def boxes(self, image: np.ndarray, upsample: int | None = None, max_side: int | None = None) -> list[tuple[np.ndarray, float]]:
         """Detector boxes in image coordinates with scores, largest first."""
@@ -89,7 +100,7 @@ class FaceEmbedder:
     """dlib's 128-d face recognition embedding (distance < 0.6: same person)."""
 
     def __init__(self) -> None:
-        self._model = dlib.face_recognition_model_v1(str(models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
+        self._model = _dlib_model("embedder")
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
         shape = dlib.full_object_detection(_rect(face.box), [dlib.point(int(x), int(y)) for x, y in face.landmarks])

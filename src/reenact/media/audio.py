@@ -53,6 +53,28 @@ class Audio:
 AudioSource = Union[Path, Audio]
 
 
+def integrated_loudness(audio: Audio) -> float | None:
+    """EBU R128 integrated loudness (LUFS) of `audio`; None when it is silent or shorter than 0.4 s."""
+    import pyloudnorm
+
+    if audio.duration < 0.4:
+        return None
+    value = float(pyloudnorm.Meter(audio.sample_rate).integrated_loudness(audio.samples.T.astype(np.float64)))
+    return value if np.isfinite(value) else None
+
+
+def normalise_loudness(audio: Audio, lufs: float) -> Audio:
+    """`audio` with a gain that brings its integrated loudness to `lufs` (peaks over full scale are clipped)."""
+    loudness = integrated_loudness(audio)
+    if loudness is None:
+        return audio
+    samples = audio.samples * np.float32(10 ** ((lufs - loudness) / 20))
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    if peak > 1.0:
+        log.warning("loudness %.1f LUFS: peaks at %.1f dB over full scale are clipped", lufs, 20 * np.log10(peak))
+    return Audio(np.clip(samples, -1.0, 1.0), audio.sample_rate)
+
+
 def has_audio(path: str | Path) -> bool:
     """True when the file has at least one audio stream."""
 

@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -18,9 +18,6 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from reenact.errors import ReenactError
-
-if TYPE_CHECKING:
-    from reenact.pipeline import AnimateConfig
 
 app = typer.Typer(help="Synthetic talking-head videos for research, marked as synthetic.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -71,21 +68,6 @@ def progress_display(enabled: bool = True) -> Iterator:
         yield update
 
 
-def _crop_size(value: str) -> int | str:
-    if value not in ("auto", "256", "512"):
-        raise ReenactError(f"--size must be 256, 512 or auto, not {value!r}")
-    return value if value == "auto" else int(value)
-
-
-def _backend_options(backend: str, **given: str | None) -> dict:
-    """The neural backend options given; refused for the landmark backend, which takes none."""
-    options = {key: value for key, value in given.items() if value is not None}
-    if options and backend == "landmark":
-        raise ReenactError(f"--{', --'.join(options)} {'applies' if len(options) == 1 else 'apply'} to neural "
-                           "backends, not the landmark backend")
-    return options
-
-
 class Opt:
     """The options `animate` and `make` share: defined once, so their defaults and help cannot drift apart."""
 
@@ -108,18 +90,6 @@ class Opt:
                                "'absolute' (for a driver of another framing).")
     dtype = typer.Option(None, help="Neural motion backends: float32 (default) or bfloat16.")
     device = typer.Option(None, help="Neural motion backends: cpu or cuda (default: cuda when available).")
-
-
-def _animate_config(backend: str, size: str, reference: str, driver_face_index: int, crf: int, visible_label: bool,
-                    checkpoint: str | None, motion: str | None, dtype: str | None, device: str | None,
-                    **more) -> "AnimateConfig":
-    """The AnimateConfig of the shared options (plus `more` AnimateConfig fields)."""
-    from reenact.pipeline import AnimateConfig
-
-    options = _backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
-    return AnimateConfig(backend=backend, size=_crop_size(size), reference=reference,
-                         driver_face_index=driver_face_index, crf=crf, visible_label=visible_label,
-                         backend_options=options, **more)
 
 
 class Reference(str, Enum):
@@ -152,9 +122,10 @@ def animate(
 ) -> None:
     """Animate a portrait with a driver video's motion and write an MP4 with the driver's sound."""
     from reenact.pipeline import animate as run
+    from reenact.pipeline import animate_config
 
     _setup_logging(verbose)
-    config = _animate_config(backend, size, reference, driver_face_index, crf, visible_label, checkpoint, motion,
+    config = animate_config(backend, size, reference, driver_face_index, crf, visible_label, checkpoint, motion,
                              dtype, device, face_index=face_index, paste_back=paste_back)
     with progress_display() as progress:
         result = run(source, driver, output, config, progress=progress)
@@ -383,11 +354,11 @@ def make(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """The whole job: animate the subject, convert the voice, mux, mark, measure; MP4 plus a JSON report."""
-    from reenact.pipeline import MakeConfig
+    from reenact.pipeline import MakeConfig, animate_config
     from reenact.pipeline import make as run
 
     _setup_logging(verbose)
-    config = MakeConfig(animate=_animate_config(backend, size, reference, driver_face_index, crf, visible_label,
+    config = MakeConfig(animate=animate_config(backend, size, reference, driver_face_index, crf, visible_label,
                                                 checkpoint, motion, dtype, device),
                         transpose=transpose, measure=measure,
                         voice_options={"device": voice_device, "dtype": voice_dtype, "seed": seed})

@@ -105,6 +105,34 @@ class Source:
     landmarks: np.ndarray  # full-image coordinates
 
 
+def parse_size(value: str | int) -> int | str:
+    """A crop size as a user gives it (command line, web form): "256", "512" or "auto"."""
+    if str(value) not in ("auto", "256", "512"):
+        raise ReenactError(f"--size must be 256, 512 or auto, not {value!r}")
+    return "auto" if str(value) == "auto" else int(value)
+
+
+def backend_options(backend: str, **given: str | None) -> dict:
+    """The neural backend options given (None: not given); refused for the landmark backend, which takes none."""
+    options = {key: value for key, value in given.items() if value is not None}
+    if options and backend == "landmark":
+        raise ReenactError(f"--{', --'.join(options)} {'applies' if len(options) == 1 else 'apply'} to neural "
+                           "backends, not the landmark backend")
+    return options
+
+
+def animate_config(backend: str = "landmark", size: str | int = "auto", reference: str = "auto",
+                   driver_face_index: int = 0, crf: int = 18, visible_label: bool = True,
+                   checkpoint: str | None = None, motion: str | None = None, dtype: str | None = None,
+                   device: str | None = None, **more) -> AnimateConfig:
+    """The AnimateConfig of the options `animate` and `make` share, as the CLI and the web UI take them
+    (plus `more` AnimateConfig fields): checked here once for both."""
+    options = backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
+    return AnimateConfig(backend=backend, size=parse_size(size), reference=reference,
+                         driver_face_index=driver_face_index, crf=crf, visible_label=visible_label,
+                         backend_options=options, **more)
+
+
 def prepare_source(path: str | Path, detector: FaceDetector, config: AnimateConfig, backend: type) -> Source:
     """Load the portrait, find the face, and cut the square crop the backend (class) animates."""
     image = load_image(path, config.max_side)

@@ -53,8 +53,8 @@ def _layer(read) -> dict:
         return {"found": False, "error": exc.message}
 
 
-def format_verify_report(report: dict) -> str:
-    """The report as a few readable lines."""
+def describe_layers(report: dict) -> list[tuple[str, str]]:
+    """Each layer of the report in a few plain words: [(layer, finding), ...] (manifest, watermarks, metadata)."""
     m = report["manifest"]
     if m["state"] == "absent":
         manifest = "absent" + (f" ({m['note']})" if m.get("note") else "")
@@ -88,16 +88,22 @@ def format_verify_report(report: dict) -> str:
         metadata = f"synthetic={meta['synthetic']}, generator {meta.get('generator', '?')}"
     else:
         metadata = "no reenact tags" + (f" (encoder {meta['tool']})" if meta.get("tool") else "")
-    verdict = "MARKED as made by reenact" if report["marked"] else "no mark of reenact found"
+    return [("manifest", manifest), ("video watermark", wm(report["video_watermark"])),
+            ("audio watermark", wm(report["audio_watermark"])), ("metadata", metadata)]
+
+
+def verdict(report: dict) -> str:
+    """The plain verdict: marked by reenact or not, and the payload the layers carry."""
+    text = "MARKED as made by reenact" if report["marked"] else "no mark of reenact found"
     payload = report.get("payload")
     if isinstance(payload, list):
-        verdict += f" (layers disagree on the payload: {', '.join(payload)})"
+        text += f" (layers disagree on the payload: {', '.join(payload)})"
     elif payload:
-        verdict += f" (payload {payload})"
-    return "\n".join([
-        f"{report['file']}: {verdict}",
-        f"  manifest         {manifest}",
-        f"  video watermark  {wm(report['video_watermark'])}",
-        f"  audio watermark  {wm(report['audio_watermark'])}",
-        f"  metadata         {metadata}",
-    ])
+        text += f" (payload {payload})"
+    return text
+
+
+def format_verify_report(report: dict) -> str:
+    """The report as a few readable lines."""
+    return "\n".join([f"{report['file']}: {verdict(report)}"]
+                     + [f"  {layer:<16} {finding}" for layer, finding in describe_layers(report)])

@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip" "setuptools<81" wheel
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -e ".[dev,ray,ui]"
 	# optional crepe F0 for so-vits-svc; --no-deps: torchcrepe requires torchaudio, whose wheels replace torch
 	$(PY) -m pip install -q --no-deps "torchcrepe==0.0.24" "resampy>=0.4"
 	@touch $(STAMP)
@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The ffmpeg CLI is only used by tests that make odd media (rotation, 10-bit, VFR);
-# reenact itself uses PyAV, which bundles FFmpeg's libraries.
+# reenact itself uses PyAV, which bundles FFmpeg's libraries. Chromium is the browser the
+# web UI's tests drive with Playwright (Playwright's own browser download is not used).
+SYSTEM_PACKAGES := ffmpeg chromium
 system-deps:
-	@command -v ffmpeg >/dev/null 2>&1 || { \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
-	      || echo "note: could not install ffmpeg; tests that need the ffmpeg CLI will be skipped"; \
-	  else echo "note: ffmpeg CLI not found; tests that need it will be skipped"; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "note: could not install$$missing; tests that need them will be skipped"; \
+	  else echo "note:$$missing not found; tests that need them will be skipped"; fi; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/reenact animate examples/portrait.png examples/driver.mp4 -o demo.mp4

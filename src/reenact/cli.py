@@ -375,6 +375,33 @@ def make(
         err.print("measures: " + ", ".join(p for p in parts if p), highlight=False)
 
 
+@app.command()
+@command
+def ui(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but a loopback address (127.0.0.1, "
+                                               "::1, localhost) needs --auth."),
+    port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
+    auth: Optional[str] = typer.Option(None, help="USER:PASS asked for by the page; required with a non-loopback "
+                                                  "--host."),
+    work_dir: Optional[Path] = typer.Option(None, help="Folder for uploads and outputs; the only folder the app "
+                                                       "serves files from (default: ~/.local/share/reenact/ui)."),
+    max_upload_mb: int = typer.Option(2048, min=1, help="Largest upload accepted, in MiB."),
+    subjects_dir: Optional[Path] = typer.Option(None, help=SUBJECTS_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
+) -> None:
+    """A web UI in the browser: subjects, make, verify, models. Local only by default, never a public link."""
+    from reenact.ui.server import UIConfig, check_access, default_work_dir, parse_auth, serve
+
+    _setup_logging(verbose)
+    credentials = parse_auth(auth)
+    check_access(host, credentials)  # before the (slow) import of gradio
+    config = UIConfig(host=host, port=port, auth=credentials, work_dir=work_dir or default_work_dir(),
+                      subjects_dir=subjects_dir, max_upload_mb=max_upload_mb)
+    err.print(f"reenact ui: http://{host if ':' not in host else f'[{host}]'}:{port}  (work folder "
+              f"{config.work_dir}; Ctrl+C stops it)", highlight=False)
+    serve(config)
+
+
 voice_app = typer.Typer(help="Voice: prepare a speaker's dataset, train a voice model, convert speech.",
                         no_args_is_help=True)
 app.add_typer(voice_app, name="voice")

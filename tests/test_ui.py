@@ -1,0 +1,274 @@
+"""`reenact ui`: access rules, the files it serves, and the whole job in a real browser.
+
+The browser test drives Debian's Chromium (`apt-get install chromium`; Playwright's own browser
+download is not used) headless against a server it starts on 127.0.0.1 on a free port. Its
+screenshots are saved under the test's temporary folder (the path is printed; `-s` shows it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import pytest
+from typer.testing import CliRunner
+
+from conftest import EXAMPLES, REPO
+from reenact.cli import app
+from reenact.errors import ReenactError
+
+runner = CliRunner()
+
+
+# ------------------------------------------------------------------ access rules (no server)
+
+def test_non_loopback_host_needs_auth() -> None:
+    from reenact.ui.server import check_access, is_loopback, parse_auth
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+    check_access("127.0.0.1", None)
+    check_access("0.0.0.0", ("u", "p"))
+    with pytest.raises(ReenactError, match="--auth"):
+        check_access("0.0.0.0", None)
+    assert parse_auth("alice:s3:cret") == ("alice", "s3:cret")
+    for bad in ("alice", ":pw", "alice:"):
+        with pytest.raises(ReenactError, match="USER:PASS"):
+            parse_auth(bad)
+
+
+@pytest.mark.parametrize("args", [["--host", "0.0.0.0"], ["--host", "10.1.2.3", "--port", "7999"],
+                                  ["--auth", "nocolon"]])
+def test_cli_refuses_with_one_line(args: list[str], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ui", *args, "--work-dir", str(tmp_path / "work")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and ("--auth" in lines[0]), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "work").exists()
+
+
+def test_jobs_run_one_at_a_time_and_answer_in_one_line(tmp_path: Path) -> None:
+    import threading
+
+    from reenact.ui.jobs import Jobs
+
+    jobs = Jobs(tmp_path)
+    upload = tmp_path / "gradio" / ("ab" * 32) / "notes.mp4"
+    assert jobs.run(lambda: 42) == (42, "")
+    result, message = jobs.run(lambda: (_ for _ in ()).throw(ReenactError("cannot be read as video", upload)))
+    assert result is None and message == "notes.mp4: cannot be read as video"
+    result, message = jobs.run(lambda: {}["key"])  # a bug: one line, no traceback
+    assert result is None and message.startswith("internal error (KeyError") and "\n" not in message
+
+    with pytest.raises(ReenactError):  # a failed job leaves no output folder behind
+        with jobs.output_folder("alice") as folder:
+            (folder / "half.mp4").write_bytes(b"half")
+            raise ReenactError("stopped")
+    assert list((tmp_path / "outputs").iterdir()) == []
+
+    order: list[str] = []
+    started = threading.Event()
+
+    def slow() -> None:
+        order.append("first starts")
+        started.set()
+        time.sleep(0.3)
+        order.append("first ends")
+
+    thread = threading.Thread(target=jobs.run, args=(slow,))
+    thread.start()
+    started.wait()
+    jobs.run(lambda: order.append("second"))
+    thread.join()
+    assert order == ["first starts", "first ends", "second"]
+
+
+# ------------------------------------------------------------------ a running server
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """`reenact ui` on 127.0.0.1 on a free port, with its own work and subjects folders."""
+    pytest.importorskip("gradio", reason="needs gradio (pip install -e '.[ui]')")
+    base = tmp_path_factory.mktemp("ui")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    log = open(base / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "reenact.cli", "ui", "--port", str(port), "--work-dir",
+                                str(base / "work"), "--subjects-dir", str(base / "subjects"), "--max-upload-mb", "64"],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if _get(url)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the UI server did not start:\n{(base / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield {"url": url, "base": base, "work": (base / "work").resolve(), "subjects": base / "subjects"}
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_serves_no_file_outside_the_work_folder(server: dict) -> None:
+    url, work = server["url"], server["work"]
+    (server["subjects"]).mkdir(exist_ok=True)
+    secret = server["base"] / "secret.txt"
+    secret.write_text("not for the web")
+    inside = work / "outputs" / "probe.txt"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text("fine")
+    for path in ("/etc/passwd", str(secret), str(REPO / "README.md"), str(EXAMPLES / "portrait.png"),
+                 f"{work}/../secret.txt", f"{work}/outputs/../../secret.txt", "../secret.txt", "secret.txt"):
+        for prefix in ("gradio_api/file=", "file="):
+            code, body = _get(url + prefix + path)
+            assert code in (403, 404), (prefix + path, code)
+            assert b"not for the web" not in body and b"root:" not in body
+    assert _get(url + "gradio_api/file=" + str(inside)) == (200, b"fine")  # the route works inside it
+
+
+# ------------------------------------------------------------------ the browser
+
+def _chromium() -> str:
+    for name in (os.environ.get("REENACT_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("needs Chromium (apt-get install chromium; `make test` installs it as root)")
+
+
+def _short_driver(path: Path, seconds: float = 1.2) -> Path:
+    """The first seconds of the example driver, video and sound, copied without re-encoding."""
+    with av.open(str(EXAMPLES / "driver.mp4")) as src, av.open(str(path), "w") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in (src.streams.video[0], src.streams.audio[0])}
+        for packet in src.demux(src.streams.video[0], src.streams.audio[0]):
+            if packet.dts is None or packet.pts is None:
+                continue
+            if float(packet.pts * packet.time_base) >= seconds:
+                continue
+            packet.stream = streams[packet.stream.index]
+            dst.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def page(server: dict):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e '.[ui]')")
+    executable = _chromium()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(server["url"])
+        yield page
+        browser.close()
+
+
+def _upload(page, elem_id: str, *files: Path) -> None:
+    page.locator(f"#{elem_id} input[type=file]").set_input_files([str(f) for f in files])
+
+
+def _status(page, elem_id: str, text: str, timeout: float = 60_000) -> str:
+    """Wait until the status line `elem_id` shows `text`; return it (an unexpected error fails with its message)."""
+    locator = page.locator(f"#{elem_id} .reenact-status")
+    page.wait_for_function(
+        "([sel, text]) => { const e = document.querySelector(sel); return e && (e.innerText.includes(text) || "
+        "e.innerText.startsWith('error:')); }", arg=[f"#{elem_id} .reenact-status", text], timeout=timeout)
+    shown = locator.inner_text()
+    assert text in shown, shown
+    return shown
+
+
+def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory: pytest.TempPathFactory) -> None:
+    shots = tmp_path_factory.mktemp("screenshots")
+    print(f"\nscreenshots: {shots}")
+    data = tmp_path_factory.mktemp("inputs")
+    consent = data / "consent.txt"
+    consent.write_text("I, Ex Ample, consent to synthetic videos of me for research, disclosed as AI-generated.\n")
+    driver = _short_driver(data / "driver.mp4")
+
+    # Subjects: a portrait (its face shown), a consent document, a signer; no speech (the driver's voice is kept).
+    page.get_by_role("tab", name="Subjects").click()
+    page.locator("#subject-name input, #subject-name textarea").first.fill("ex")
+    _upload(page, "subject-portrait", EXAMPLES / "portrait.png")
+    page.locator("#subject-faces img").wait_for()
+    _upload(page, "subject-consent", consent)
+    page.locator("#subject-signer input, #subject-signer textarea").first.fill("Ex Ample")
+    page.locator("#subject-create").click()
+    _status(page, "subject-create-status", "created subject ex")
+    page.screenshot(path=str(shots / "subjects.png"), full_page=True)
+    record = json.loads((server["subjects"] / "ex" / "subject.json").read_text())
+    assert record["consent"]["signer"] == "Ex Ample" and record["voice_model"] is None
+
+    # Make: the example subject with a short driver at the fastest settings.
+    page.get_by_role("tab", name="Make").click()
+    page.locator("#make-subject input").first.wait_for()
+    _upload(page, "make-driver", driver)
+    page.locator("#make-size").get_by_text("256", exact=True).click()
+    page.locator("#make-run").click()
+    shown = _status(page, "make-status", "made ", timeout=240_000)
+    outputs = sorted(server["work"].glob("outputs/*/*.mp4"))
+    assert len(outputs) == 1, outputs
+    report = json.loads(outputs[0].with_suffix(".json").read_text())
+    assert report["watermark_payload"] in shown
+    assert report["settings"]["size"] == 256 and report["backends"] == {"motion": "landmark", "voice": None}
+    assert report["subject"]["signer"] == "Ex Ample" and "face" in report["measures"]
+    duration = page.wait_for_function(
+        "() => { const v = document.querySelector('#make-video video'); "
+        "return v && v.readyState >= 1 && v.duration > 0 ? v.duration : null; }").json_value()
+    assert abs(duration - report["video"]["frames"] / report["video"]["fps"]) < 0.2, duration
+    page.screenshot(path=str(shots / "make.png"), full_page=True)
+
+    # Verify: the output is marked, every layer says so.
+    page.get_by_role("tab", name="Verify").click()
+    _upload(page, "verify-file", outputs[0])
+    page.locator("#verify-run").click()
+    verdict = _status(page, "verify-verdict", "MARKED", timeout=120_000)
+    assert report["watermark_payload"] in verdict
+    page.screenshot(path=str(shots / "verify.png"), full_page=True)
+
+    # A text file as driver: the CLI's one-line message in the page, nothing made.
+    page.get_by_role("tab", name="Make").click()
+    notes = data / "notes.mp4"
+    notes.write_text("these are meeting notes, not a video\n")
+    page.locator("#make-driver button[aria-label='Clear']").first.click()
+    _upload(page, "make-driver", notes)
+    page.locator("#make-run").click()
+    error = _status(page, "make-status", "notes.mp4", timeout=60_000)
+    assert error.startswith("error:") and "\n" not in error.strip() and "Traceback" not in error, error
+    assert sorted(server["work"].glob("outputs/*/*.mp4")) == outputs  # nothing half-made
+    page.screenshot(path=str(shots / "make-error.png"), full_page=True)
+
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#models-table").wait_for()
+    page.screenshot(path=str(shots / "models.png"), full_page=True)

@@ -116,7 +116,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     log = open(base / "server.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "reenact.cli", "ui", "--port", str(port), "--work-dir",
-                                str(base / "work"), "--subjects-dir", str(base / "subjects"), "--max-upload-mb", "64"],
+                                str(base / "work"), "--subjects-dir", str(base / "subjects"), "--max-upload-mb", "4"],
                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -155,6 +155,27 @@ def test_serves_no_file_outside_the_work_folder(server: dict) -> None:
             assert code in (403, 404), (prefix + path, code)
             assert b"not for the web" not in body and b"root:" not in body
     assert _get(url + "gradio_api/file=" + str(inside)) == (200, b"fine")  # the route works inside it
+
+
+def _post_file(url: str, name: str, data: bytes) -> int:
+    boundary = "reenact-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_uploads_are_capped(server: dict) -> None:
+    """The server was started with --max-upload-mb 4."""
+    url = server["url"] + "gradio_api/upload"
+    assert _post_file(url, "small.bin", b"x" * 1000) == 200
+    assert _post_file(url, "big.bin", b"x" * (5 * 2**20)) in (400, 413)
+    assert not list(server["work"].glob("gradio/**/big.bin"))
 
 
 # ------------------------------------------------------------------ the browser
@@ -236,6 +257,14 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     _upload(page, "make-driver", driver)
     page.locator("#make-size").get_by_text("256", exact=True).click()
     page.locator("#make-run").click()
+    progress = page.locator("#make-video .progress-level")
+    progress.first.wait_for(timeout=30_000)
+    try:  # the bar follows make's stages; catch it in one (a fast machine may pass them between two looks)
+        page.wait_for_function("() => /(track|render|identity) \\d/.test(document.querySelector("
+                               "'#make-video').innerText)", timeout=20_000, polling=100)
+    except Exception:  # noqa: BLE001 - the screenshot is for people; the result is checked below
+        pass
+    page.screenshot(path=str(shots / "make-progress.png"), full_page=True)
     shown = _status(page, "make-status", "made ", timeout=240_000)
     outputs = sorted(server["work"].glob("outputs/*/*.mp4"))
     assert len(outputs) == 1, outputs
@@ -248,6 +277,18 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
         "return v && v.readyState >= 1 && v.duration > 0 ? v.duration : null; }").json_value()
     assert abs(duration - report["video"]["frames"] / report["video"]["fps"]) < 0.2, duration
     page.screenshot(path=str(shots / "make.png"), full_page=True)
+
+    # The CLI, given the same subject, driver and settings, writes the same report (but for the new id and timings).
+    cli_out = data / "cli.mp4"
+    result = runner.invoke(app, ["make", "--subject", "ex", "--driver", report["inputs"]["driver"], "-o", str(cli_out),
+                                 "--size", "256", "--subjects-dir", str(server["subjects"])])
+    assert result.exit_code == 0, result.output
+    cli = json.loads(cli_out.with_suffix(".json").read_text())
+    assert cli.keys() == report.keys() and cli["measures"].keys() == report["measures"].keys()
+    for key in ("subject", "inputs", "backends", "settings", "video"):
+        assert cli[key] == report[key], key
+    assert cli["measures"]["face"]["identity"]["median"] == pytest.approx(
+        report["measures"]["face"]["identity"]["median"], abs=0.01)  # the marks differ (new id)
 
     # Verify: the output is marked, every layer says so.
     page.get_by_role("tab", name="Verify").click()
@@ -268,6 +309,10 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     assert error.startswith("error:") and "\n" not in error.strip() and "Traceback" not in error, error
     assert sorted(server["work"].glob("outputs/*/*.mp4")) == outputs  # nothing half-made
     page.screenshot(path=str(shots / "make-error.png"), full_page=True)
+    page.locator("#make-driver button[aria-label='Clear']").first.click()
+    _upload(page, "make-driver", notes.rename(data / "notes.txt"))  # refused by type before it reaches make
+    page.get_by_text("Invalid file type").first.wait_for()
+    page.screenshot(path=str(shots / "make-type.png"), full_page=True)
 
     page.get_by_role("tab", name="Models").click()
     page.locator("#models-table").wait_for()

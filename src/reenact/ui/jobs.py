@@ -75,13 +75,10 @@ def safe_name(path: str | Path) -> str:
 
 def publish(work_dir: Path, path: Path) -> str:
     """A copy of `path` inside the work folder, for the page to show (the app serves no file outside it)."""
-    from reenact.subject import sha256_file
+    from reenact.files import copy_file, sha256_file
 
-    folder = work_dir / "view" / sha256_file(path)[:16]
-    copy = folder / path.name
+    copy = work_dir / "view" / sha256_file(path)[:16] / path.name
     if not copy.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{path.name}.partial"
-        shutil.copyfile(path, tmp)
-        tmp.replace(copy)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy_file(path, copy)
     return str(copy)

@@ -121,7 +121,7 @@ def build(ctx) -> MakePage:
     run.click(on_make, [subject, driver, backend, size, reference, driver_face_index, transpose, crf, visible_label,
                         measure, checkpoint, motion, dtype, device, voice_device, voice_dtype, seed],
               [run_status, video, downloads, measures, timings_plot, motion_plot, report_json],
-              concurrency_id="job", concurrency_limit=1)
+              concurrency_id="job", concurrency_limit=1, show_progress_on=[video])
 
     def refresh(current: str | None):
         names = subject_names(root)

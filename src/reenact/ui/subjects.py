@@ -11,6 +11,7 @@ import gradio as gr
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.files import copy_file
 from reenact.ui.jobs import publish, status
 
 CREATE_STEPS = ("portrait", "consent", "voice prepare", "voice train", "voice model", "done")
@@ -137,7 +138,8 @@ def build(ctx) -> SubjectsPage:
     portrait.change(preview, [portrait, face_index], [faces, create_status], concurrency_id="preview")
     face_index.change(preview, [portrait, face_index], [faces, create_status], concurrency_id="preview")
     created = create.click(on_create, [name, portrait, face_index, speech, consent, signer, scope, voice_model],
-                           [create_status, selected], concurrency_id="job", concurrency_limit=1)
+                           [create_status, selected], concurrency_id="job", concurrency_limit=1,
+                           show_progress_on=[create_status])
     selected.change(on_show, [selected], [shown_portrait, record, document, voice], concurrency_id="show")
     def refresh_list(current: str | None):
         names = subject_names(root)
@@ -154,7 +156,7 @@ def faces_image(path: Path, index: int) -> np.ndarray:
     import cv2
 
     from reenact.face.detect import FaceDetector, choose_face
-    from reenact.pipeline import load_image
+    from reenact.media.image import load_image
 
     image = load_image(path, max_side=1280)
     found = FaceDetector().detect(image, upsample=1)
@@ -189,5 +191,5 @@ def _voice_model(files: list[str] | None, work_dir: Path) -> tuple[Path | None, 
     folder = work_dir / "scratch" / uuid.uuid4().hex
     folder.mkdir(parents=True)
     for p in paths:
-        shutil.copyfile(p, folder / p.name)
+        copy_file(p, folder / p.name)
     return folder, folder

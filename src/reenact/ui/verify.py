@@ -34,4 +34,4 @@ def build(ctx) -> None:
                 pd.DataFrame(describe_layers(report), columns=["layer", "finding"]), report)
 
     run.click(on_verify, [file, frames], [verdict_html, layers, report_json], concurrency_id="job",
-              concurrency_limit=1)
+              concurrency_limit=1, show_progress_on=[verdict_html])

@@ -317,3 +317,23 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     page.get_by_role("tab", name="Models").click()
     page.locator("#models-table").wait_for()
     page.screenshot(path=str(shots / "models.png"), full_page=True)
+
+    # Delete the subject: only once the box is ticked.
+    page.get_by_role("tab", name="Subjects").click()
+    page.locator("#subject-delete").click()
+    _status(page, "subject-delete-status", "tick the box")
+    assert (server["subjects"] / "ex").exists()
+    page.locator("#subject-delete-sure input").check()
+    page.locator("#subject-delete").click()
+    _status(page, "subject-delete-status", "deleted")
+    assert not (server["subjects"] / "ex").exists()
+
+
+def test_launch_options_are_safe(tmp_path: Path) -> None:
+    pytest.importorskip("gradio", reason="needs gradio (pip install -e '.[ui]')")
+    from reenact.ui.app import launch_options
+    from reenact.ui.server import UIConfig
+
+    options = launch_options(UIConfig(host="0.0.0.0", auth=("u", "p"), work_dir=tmp_path, max_upload_mb=3))
+    assert options["share"] is False and options["auth"] == ("u", "p") and options["server_name"] == "0.0.0.0"
+    assert options["allowed_paths"] == [str(tmp_path)] and options["max_file_size"] == 3 * 2**20

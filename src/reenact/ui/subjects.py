@@ -66,9 +66,10 @@ def build(ctx) -> SubjectsPage:
             document = gr.File(label="Consent document", interactive=False)
             voice = gr.Markdown()
             with gr.Row():
-                sure = gr.Checkbox(label="Delete this subject and all its files", value=False)
-                delete = gr.Button("Delete", variant="stop", size="sm")
-            delete_status = gr.HTML()
+                sure = gr.Checkbox(label="Delete this subject and all its files", value=False,
+                                   elem_id="subject-delete-sure")
+                delete = gr.Button("Delete", variant="stop", size="sm", elem_id="subject-delete")
+            delete_status = gr.HTML(elem_id="subject-delete-status")
 
     def preview(path: str | None, index: float | None):
         if not path:

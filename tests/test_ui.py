@@ -215,19 +215,30 @@ def page(server: dict):
         browser.close()
 
 
-def _upload(page, elem_id: str, *files: Path) -> None:
+def _upload(page, elem_id: str, *files: Path, check: bool = True) -> None:
+    """Upload into a file component; wait until it lists the files (an upload over the cap never does)."""
     page.locator(f"#{elem_id} input[type=file]").set_input_files([str(f) for f in files])
+    for f in files if check else ():  # the page shows the name in pieces ("consent", ".pdf")
+        page.wait_for_function("([sel, name]) => document.querySelector(sel).innerText.replace(/\\s/g, '')"
+                               ".includes(name)", arg=[f"#{elem_id}", f.name.replace(" ", "")])
 
 
 def _status(page, elem_id: str, text: str, timeout: float = 60_000) -> str:
-    """Wait until the status line `elem_id` shows `text`; return it (an unexpected error fails with its message)."""
-    locator = page.locator(f"#{elem_id} .reenact-status")
+    """Wait until the status line `elem_id` shows `text`; return it (an unexpected error fails with its message).
+    Call `_clear` on it before the click whose answer this waits for."""
     page.wait_for_function(
         "([sel, text]) => { const e = document.querySelector(sel); return e && (e.innerText.includes(text) || "
-        "e.innerText.startsWith('error:')); }", arg=[f"#{elem_id} .reenact-status", text], timeout=timeout)
-    shown = locator.inner_text()
+        "e.innerText.startsWith('error:')); }", arg=[f"#{elem_id} .reenact-status:not([data-seen])", text],
+        timeout=timeout)
+    shown = page.locator(f"#{elem_id} .reenact-status:not([data-seen])").inner_text()
     assert text in shown, shown
     return shown
+
+
+def _clear(page, elem_id: str) -> None:
+    """Forget the status line's last answer (so `_status` waits for the next one)."""
+    page.evaluate("sel => document.querySelectorAll(sel).forEach(e => { e.dataset.seen = '1'; })",
+                  f"#{elem_id} .reenact-status")
 
 
 def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -245,6 +256,7 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     page.locator("#subject-faces img").wait_for()
     _upload(page, "subject-consent", consent)
     page.locator("#subject-signer input, #subject-signer textarea").first.fill("Ex Ample")
+    _clear(page, "subject-create-status")
     page.locator("#subject-create").click()
     _status(page, "subject-create-status", "created subject ex")
     page.screenshot(path=str(shots / "subjects.png"), full_page=True)
@@ -256,6 +268,7 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     page.locator("#make-subject input").first.wait_for()
     _upload(page, "make-driver", driver)
     page.locator("#make-size").get_by_text("256", exact=True).click()
+    _clear(page, "make-status")
     page.locator("#make-run").click()
     progress = page.locator("#make-video .progress-level")
     progress.first.wait_for(timeout=30_000)
@@ -293,6 +306,7 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     # Verify: the output is marked, every layer says so.
     page.get_by_role("tab", name="Verify").click()
     _upload(page, "verify-file", outputs[0])
+    _clear(page, "verify-verdict")
     page.locator("#verify-run").click()
     verdict = _status(page, "verify-verdict", "MARKED", timeout=120_000)
     assert report["watermark_payload"] in verdict
@@ -304,13 +318,14 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     notes.write_text("these are meeting notes, not a video\n")
     page.locator("#make-driver button[aria-label='Clear']").first.click()
     _upload(page, "make-driver", notes)
+    _clear(page, "make-status")
     page.locator("#make-run").click()
     error = _status(page, "make-status", "notes.mp4", timeout=60_000)
     assert error.startswith("error:") and "\n" not in error.strip() and "Traceback" not in error, error
     assert sorted(server["work"].glob("outputs/*/*.mp4")) == outputs  # nothing half-made
     page.screenshot(path=str(shots / "make-error.png"), full_page=True)
     page.locator("#make-driver button[aria-label='Clear']").first.click()
-    _upload(page, "make-driver", notes.rename(data / "notes.txt"))  # refused by type before it reaches make
+    _upload(page, "make-driver", notes.rename(data / "notes.txt"), check=False)  # refused by type on upload
     page.get_by_text("Invalid file type").first.wait_for()
     page.screenshot(path=str(shots / "make-type.png"), full_page=True)
 
@@ -320,13 +335,63 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
 
     # Delete the subject: only once the box is ticked.
     page.get_by_role("tab", name="Subjects").click()
+    _clear(page, "subject-delete-status")
     page.locator("#subject-delete").click()
     _status(page, "subject-delete-status", "tick the box")
     assert (server["subjects"] / "ex").exists()
     page.locator("#subject-delete-sure input").check()
+    _clear(page, "subject-delete-status")
     page.locator("#subject-delete").click()
     _status(page, "subject-delete-status", "deleted")
     assert not (server["subjects"] / "ex").exists()
+
+
+@pytest.mark.slow
+def test_subject_with_speech_revoices_in_the_browser(server: dict, page,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The voice path: speech uploaded, a voice model trained, the driver re-voiced and measured."""
+    import numpy as np
+    import soundfile as sf
+
+    from reenact.media.audio import read_audio
+
+    data = tmp_path_factory.mktemp("voiced")
+    consent = data / "consent.pdf"
+    consent.write_bytes(b"%PDF-1.4 signed consent of the subject (a stand-in for a scan)\n")
+    # the example driver's 6.8 s of speech said 10 times: the 1 min a voice model needs at least
+    speech = data / "speech.flac"  # 16 kHz FLAC: under the test server's 4 MiB upload cap
+    sf.write(speech, np.tile(read_audio(EXAMPLES / "driver.mp4", 16000, mono=True).samples[0], 10), 16000)
+    driver = _short_driver(data / "driver.mp4", seconds=2.0)
+
+    page.goto(server["url"])  # a fresh page
+    page.get_by_role("tab", name="Subjects").click()
+    page.locator("#subject-name input, #subject-name textarea").first.fill("voiced")
+    _upload(page, "subject-portrait", EXAMPLES / "portrait.png")
+    page.locator("#subject-faces img").wait_for()
+    _upload(page, "subject-speech", speech)
+    _upload(page, "subject-consent", consent)
+    _clear(page, "subject-create-status")
+    page.locator("#subject-create").click()
+    try:
+        _status(page, "subject-create-status", "created subject voiced (with a voice model)", timeout=400_000)
+    finally:
+        page.screenshot(path=str(data / "created.png"), full_page=True)
+        print(f"\nscreenshots: {data}")
+
+    page.get_by_role("tab", name="Make").click()
+    page.locator("#make-subject input").first.click()
+    page.get_by_role("option", name="voiced").click()
+    _upload(page, "make-driver", driver)
+    _clear(page, "make-status")
+    page.locator("#make-run").click()
+    try:
+        _status(page, "make-status", "made ", timeout=400_000)
+    finally:
+        page.screenshot(path=str(data / "made.png"), full_page=True)
+    newest = max(server["work"].glob("outputs/*/voiced-*.json"), key=lambda p: p.stat().st_mtime)
+    report = json.loads(newest.read_text())
+    assert report["backends"]["voice"] == "world" and report["inputs"]["voice_model_sha256"]
+    assert "cos_target" in report["measures"]["voice"]
 
 
 def test_launch_options_are_safe(tmp_path: Path) -> None:

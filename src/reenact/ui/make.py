@@ -110,11 +110,12 @@ def build(ctx) -> MakePage:
         if error:
             return (status(error, ok=False), *empty)
         output = Path(report["output"])
-        face = report["measures"].get("face", {})
-        identity = face.get("identity", {}).get("median")
-        summary = (f"made {output.name}: {report['video']['frames']} frames, watermark payload "
-                   f"{report['watermark_payload']}" + (f"; identity distance {identity:.3f}" if identity is not None
-                                                       else ""))
+        identity = report["measures"].get("face", {}).get("identity", {}).get("median")
+        similarity = report["measures"].get("voice", {}).get("cos_target")
+        summary = "; ".join([f"made {output.name}: {report['video']['frames']} frames, watermark payload "
+                             f"{report['watermark_payload']}"]
+                            + ([f"identity distance {identity:.3f}"] if identity is not None else [])
+                            + ([f"voice similarity to subject {similarity:.2f}"] if similarity is not None else []))
         return (status(summary), str(output), [str(output), str(output.with_suffix(".json"))],
                 measures_table(report), timings_frame(report), motion_frame(report), report)
 

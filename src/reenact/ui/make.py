@@ -90,14 +90,12 @@ def build(ctx) -> MakePage:
             progress(start + (end - start) * min(share, 1.0), desc=f"{stage} {done}/{total}" if total else stage)
 
         def work():
-            from reenact.pipeline import AnimateConfig, MakeConfig, backend_options, make, parse_size
+            from reenact.pipeline import MakeConfig, animate_config, make
 
-            options = backend_options(backend_, checkpoint=checkpoint_ or None, motion=motion_ or None,
-                                      dtype=dtype_ or None, device=device_ or None)
-            config = MakeConfig(animate=AnimateConfig(backend=backend_, size=parse_size(size_),
-                                                      reference=(reference_ or "auto").strip(), crf=int(crf_),
-                                                      driver_face_index=int(driver_face_index_ or 0),
-                                                      visible_label=bool(visible_label_), backend_options=options),
+            config = MakeConfig(animate=animate_config(backend_, size_, (reference_ or "auto").strip(),
+                                                       int(driver_face_index_ or 0), int(crf_), bool(visible_label_),
+                                                       checkpoint_ or None, motion_ or None, dtype_ or None,
+                                                       device_ or None),
                                 transpose=(transpose_ or "auto").strip(), measure=bool(measure_),
                                 voice_options={"device": voice_device_ or None, "dtype": voice_dtype_,
                                                "seed": int(seed_ or 0)})

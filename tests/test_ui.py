@@ -74,6 +74,18 @@ def test_jobs_run_one_at_a_time_and_answer_in_one_line(tmp_path: Path) -> None:
             raise ReenactError("stopped")
     assert list((tmp_path / "outputs").iterdir()) == []
 
+    from reenact.ui.jobs import forget_copies, publish
+
+    original = tmp_path / "portrait.png"
+    original.write_bytes(b"portrait bytes")
+    (tmp_path / "gradio" / ("cd" * 32)).mkdir(parents=True)
+    (tmp_path / "gradio" / ("cd" * 32) / "upload.png").write_bytes(b"portrait bytes")
+    (tmp_path / "gradio" / "other.png").write_bytes(b"other bytes!!!")
+    shown = Path(publish(tmp_path, original))
+    assert shown.read_bytes() == b"portrait bytes" and shown.is_relative_to(tmp_path / "view")
+    assert forget_copies(tmp_path, [original]) == 2 and not shown.exists()
+    assert [p.name for p in (tmp_path / "gradio").rglob("*") if p.is_file()] == ["other.png"]
+
     order: list[str] = []
     started = threading.Event()
 
@@ -344,6 +356,8 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     page.locator("#subject-delete").click()
     _status(page, "subject-delete-status", "deleted")
     assert not (server["subjects"] / "ex").exists()
+    portrait = (EXAMPLES / "portrait.png").read_bytes()  # nor do the page's copies of it stay behind
+    assert not [p for p in server["work"].rglob("*") if p.is_file() and p.read_bytes() == portrait]
 
 
 @pytest.mark.slow

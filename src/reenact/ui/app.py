@@ -42,7 +42,8 @@ class Context:
 def build_app(config: UIConfig) -> gr.Blocks:
     """The whole app (not launched)."""
     ctx = Context(config, Jobs(config.work_dir))
-    with gr.Blocks(title="reenact") as demo:
+    # Uploads and the page's copies older than a day are deleted every hour (outputs/ is kept).
+    with gr.Blocks(title="reenact", delete_cache=(3600, 86400)) as demo:
         gr.Markdown(INTRO, elem_classes="reenact-disclosure")
         with gr.Tabs():
             with gr.Tab("Subjects", id="subjects"):

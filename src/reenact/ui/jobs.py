@@ -82,3 +82,24 @@ def publish(work_dir: Path, path: Path) -> str:
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy_file(path, copy)
     return str(copy)
+
+
+def forget_copies(work_dir: Path, originals: list[Path]) -> int:
+    """Remove every file under the work folder (uploads, the page's copies) with the content of one of
+    `originals`; returns how many went. Deleting a subject thus also removes its portrait and consent
+    document from what the app has kept."""
+    from reenact.files import sha256_file
+
+    wanted: dict[int, set[str]] = {}
+    for path in originals:
+        if path.is_file():
+            wanted.setdefault(path.stat().st_size, set()).add(sha256_file(path))
+    removed = 0
+    for folder in (work_dir / "gradio", work_dir / "view"):
+        for path in sorted(folder.rglob("*")) if folder.exists() else []:
+            if path.is_file() and path.stat().st_size in wanted and sha256_file(path) in wanted[path.stat().st_size]:
+                path.unlink()
+                removed += 1
+                if path.parent != folder and not any(path.parent.iterdir()):
+                    path.parent.rmdir()
+    return removed

@@ -12,7 +12,7 @@ import numpy as np
 
 from reenact.errors import ReenactError
 from reenact.files import copy_file
-from reenact.ui.jobs import publish, status
+from reenact.ui.jobs import forget_copies, publish, status
 
 CREATE_STEPS = ("portrait", "consent", "voice prepare", "voice train", "voice model", "done")
 
@@ -129,12 +129,20 @@ def build(ctx) -> SubjectsPage:
             return status("choose a subject first", ok=False), gr.update(), False
         if not sure_:
             return status(f"tick the box to delete {name_} and all its files", ok=False), gr.update(), False
-        from reenact.subject import delete_subject
+        from reenact.subject import delete_subject, load_subject
 
-        removed, error = ctx.jobs.run(lambda: delete_subject(name_, root))
+        def work():
+            subject = load_subject(name_, root)
+            copies = forget_copies(ctx.config.work_dir,
+                                   [subject.portrait_path, subject.folder / subject.consent.document])
+            return delete_subject(name_, root), copies
+
+        done, error = ctx.jobs.run(work)
         if error:
             return status(error, ok=False), gr.update(), False
-        return status(f"deleted {removed}"), gr.update(choices=subject_names(root), value=None), False
+        removed, copies = done
+        return (status(f"deleted {removed} and {copies} copies of its portrait and consent document kept by the page"),
+                gr.update(choices=subject_names(root), value=None), False)
 
     portrait.change(preview, [portrait, face_index], [faces, create_status], concurrency_id="preview")
     face_index.change(preview, [portrait, face_index], [faces, create_status], concurrency_id="preview")

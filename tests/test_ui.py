@@ -82,7 +82,7 @@ def test_jobs_run_one_at_a_time_and_answer_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "gradio" / ("cd" * 32) / "upload.png").write_bytes(b"portrait bytes")
     (tmp_path / "gradio" / "other.png").write_bytes(b"other bytes!!!")
     shown = Path(publish(tmp_path, original))
-    assert shown.read_bytes() == b"portrait bytes" and shown.is_relative_to(tmp_path / "view")
+    assert shown.read_bytes() == b"portrait bytes" and shown.is_relative_to(tmp_path / "gradio")
     assert forget_copies(tmp_path, [original]) == 2 and not shown.exists()
     assert [p.name for p in (tmp_path / "gradio").rglob("*") if p.is_file()] == ["other.png"]
 
@@ -167,9 +167,13 @@ def test_serves_no_file_outside_the_work_folder(server: dict) -> None:
             assert code in (403, 404), (prefix + path, code)
             assert b"not for the web" not in body and b"root:" not in body
     assert _get(url + "gradio_api/file=" + str(inside)) == (200, b"fine")  # the route works inside it
+    for elsewhere in (work / "view.txt", work / "scratch" / "x.txt"):  # only outputs/ and the upload folder
+        elsewhere.parent.mkdir(parents=True, exist_ok=True)
+        elsewhere.write_text("not for the web")
+        assert _get(url + "gradio_api/file=" + str(elsewhere))[0] in (403, 404)
 
 
-def _post_file(url: str, name: str, data: bytes) -> int:
+def _post_file(url: str, name: str, data: bytes) -> tuple[int, list]:
     boundary = "reenact-test-boundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
@@ -177,17 +181,22 @@ def _post_file(url: str, name: str, data: bytes) -> int:
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
+            return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, []
 
 
-def test_uploads_are_capped(server: dict) -> None:
+def test_uploads_are_capped_and_served_only_as_downloads(server: dict) -> None:
     """The server was started with --max-upload-mb 4."""
     url = server["url"] + "gradio_api/upload"
-    assert _post_file(url, "small.bin", b"x" * 1000) == 200
-    assert _post_file(url, "big.bin", b"x" * (5 * 2**20)) in (400, 413)
+    assert _post_file(url, "small.bin", b"x" * 1000)[0] == 200
+    assert _post_file(url, "big.bin", b"x" * (5 * 2**20))[0] in (400, 413)
     assert not list(server["work"].glob("gradio/**/big.bin"))
+    code, paths = _post_file(url, "consent.html", b"<script>alert('stored')</script>")
+    assert code == 200 and len(paths) == 1
+    with urllib.request.urlopen(server["url"] + "gradio_api/file=" + paths[0], timeout=10) as response:
+        assert response.headers["Content-Disposition"].startswith("attachment")
+        assert "html" not in response.headers["Content-Type"]
 
 
 # ------------------------------------------------------------------ the browser
@@ -313,7 +322,7 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
     for key in ("subject", "inputs", "backends", "settings", "video"):
         assert cli[key] == report[key], key
     assert cli["measures"]["face"]["identity"]["median"] == pytest.approx(
-        report["measures"]["face"]["identity"]["median"], abs=0.01)  # the marks differ (new id)
+        report["measures"]["face"]["identity"]["median"], abs=0.05)  # the marks differ (new id)
 
     # Verify: the output is marked, every layer says so.
     page.get_by_role("tab", name="Verify").click()
@@ -415,4 +424,4 @@ def test_launch_options_are_safe(tmp_path: Path) -> None:
 
     options = launch_options(UIConfig(host="0.0.0.0", auth=("u", "p"), work_dir=tmp_path, max_upload_mb=3))
     assert options["share"] is False and options["auth"] == ("u", "p") and options["server_name"] == "0.0.0.0"
-    assert options["allowed_paths"] == [str(tmp_path)] and options["max_file_size"] == 3 * 2**20
+    assert options["allowed_paths"] == [str(tmp_path / "outputs")] and options["max_file_size"] == 3 * 2**20

@@ -66,7 +66,8 @@ def build_app(config: UIConfig) -> gr.Blocks:
 
 def launch_options(config: UIConfig) -> dict:
     """Blocks.launch arguments: local only unless told, never a share link, uploads capped, files served only from
-    the work folder (outputs there; what the page shows of a subject is copied there first)."""
+    the work folder: its outputs/ (videos and reports reenact wrote) and Gradio's upload folder in it (uploads and
+    copies of what the page shows, served as downloads unless their type is safe to show)."""
     return dict(server_name=config.host, server_port=config.port, auth=config.auth, share=False,
-                max_file_size=config.max_upload_bytes, allowed_paths=[str(config.work_dir)], ssr_mode=False,
+                max_file_size=config.max_upload_bytes, allowed_paths=[str(config.work_dir / "outputs")], ssr_mode=False,
                 show_error=False, inbrowser=False, quiet=True, css=CSS, footer_links=[])

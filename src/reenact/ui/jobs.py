@@ -74,10 +74,11 @@ def safe_name(path: str | Path) -> str:
 
 
 def publish(work_dir: Path, path: Path) -> str:
-    """A copy of `path` inside the work folder, for the page to show (the app serves no file outside it)."""
+    """A copy of `path` in the app's upload folder, for the page to show: the app serves no file outside the work
+    folder, and one in the upload folder only as a download unless its type is safe to show (no HTML)."""
     from reenact.files import copy_file, sha256_file
 
-    copy = work_dir / "view" / sha256_file(path)[:16] / path.name
+    copy = work_dir / "gradio" / "view" / sha256_file(path)[:16] / path.name
     if not copy.exists():
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy_file(path, copy)
@@ -95,7 +96,7 @@ def forget_copies(work_dir: Path, originals: list[Path]) -> int:
         if path.is_file():
             wanted.setdefault(path.stat().st_size, set()).add(sha256_file(path))
     removed = 0
-    for folder in (work_dir / "gradio", work_dir / "view"):
+    for folder in (work_dir / "gradio",):
         for path in sorted(folder.rglob("*")) if folder.exists() else []:
             if path.is_file() and path.stat().st_size in wanted and sha256_file(path) in wanted[path.stat().st_size]:
                 path.unlink()

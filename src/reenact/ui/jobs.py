@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from reenact.errors import ReenactError
+from reenact.files import copy_file, sha256_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,8 +77,6 @@ def safe_name(path: str | Path) -> str:
 def publish(work_dir: Path, path: Path) -> str:
     """A copy of `path` in the app's upload folder, for the page to show: the app serves no file outside the work
     folder, and one in the upload folder only as a download unless its type is safe to show (no HTML)."""
-    from reenact.files import copy_file, sha256_file
-
     copy = work_dir / "gradio" / "view" / sha256_file(path)[:16] / path.name
     if not copy.exists():
         copy.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +88,6 @@ def forget_copies(work_dir: Path, originals: list[Path]) -> int:
     """Remove every file under the work folder (uploads, the page's copies) with the content of one of
     `originals`; returns how many went. Deleting a subject thus also removes its portrait and consent
     document from what the app has kept."""
-    from reenact.files import sha256_file
-
     wanted: dict[int, set[str]] = {}
     for path in originals:
         if path.is_file():

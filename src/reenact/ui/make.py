@@ -9,6 +9,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from reenact.animate.base import BACKENDS
+from reenact.pipeline import MakeConfig, animate_config, make
 from reenact.ui.jobs import safe_name, status
 from reenact.ui.subjects import subject_names
 
@@ -25,8 +27,6 @@ class MakePage:
 
 
 def build(ctx) -> MakePage:
-    from reenact.animate.base import BACKENDS
-
     root = ctx.subjects_dir
     with gr.Row():
         with gr.Column(scale=2):
@@ -57,8 +57,9 @@ def build(ctx) -> MakePage:
                 device = gr.Dropdown(label="Device", choices=["", "cpu", "cuda"], value="")
             with gr.Accordion("so-vits-svc voice", open=False):
                 voice_device = gr.Dropdown(label="Device", choices=["", "cpu", "cuda"], value="")
-                voice_dtype = gr.Dropdown(label="dtype", choices=["float32", "bfloat16"], value="float32")
-                seed = gr.Number(label="Seed", value=0, precision=0)
+                voice_dtype = gr.Dropdown(label="dtype (default float32)", choices=["", "float32", "bfloat16"],
+                                          value="")
+                seed = gr.Number(label="Seed of its noise (default 0)", value=None, precision=0)
             run = gr.Button("Make", variant="primary", elem_id="make-run")
             run_status = gr.HTML(elem_id="make-status")
         with gr.Column(scale=3):
@@ -90,15 +91,13 @@ def build(ctx) -> MakePage:
             progress(start + (end - start) * min(share, 1.0), desc=f"{stage} {done}/{total}" if total else stage)
 
         def work():
-            from reenact.pipeline import MakeConfig, animate_config, make
-
             config = MakeConfig(animate=animate_config(backend_, size_, (reference_ or "auto").strip(),
                                                        int(driver_face_index_ or 0), int(crf_), bool(visible_label_),
                                                        checkpoint_ or None, motion_ or None, dtype_ or None,
                                                        device_ or None),
                                 transpose=(transpose_ or "auto").strip(), measure=bool(measure_),
-                                voice_options={"device": voice_device_ or None, "dtype": voice_dtype_,
-                                               "seed": int(seed_ or 0)})
+                                voice_options={"device": voice_device_ or None, "dtype": voice_dtype_ or None,
+                                               "seed": None if seed_ is None else int(seed_)})
             with ctx.jobs.output_folder(subject_) as folder:
                 output = folder / f"{safe_name(subject_)}-{safe_name(driver_)}.mp4"
                 progress(0.0, desc="starting")

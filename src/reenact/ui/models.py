@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from reenact.models import cache_dir, list_models, manual_instructions
+
 
 @dataclass
 class ModelsPage:
@@ -28,8 +30,6 @@ def build(ctx) -> ModelsPage:
 
 
 def table():
-    from reenact.models import cache_dir, list_models, manual_instructions
-
     rows, missing = [], []
     for info, path, present in list_models():
         rows.append((info.name, "installed" if present else "missing", str(path), info.license,

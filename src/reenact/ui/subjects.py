@@ -7,11 +7,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import gradio as gr
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.face.detect import FaceDetector, choose_face
 from reenact.files import copy_file
+from reenact.media.image import load_image
+from reenact.subject import DEFAULT_SCOPE, create_subject, delete_subject, list_subjects, load_subject
 from reenact.ui.jobs import forget_copies, publish, status
 
 CREATE_STEPS = ("portrait", "consent", "voice prepare", "voice train", "voice model", "done")
@@ -25,14 +29,10 @@ class SubjectsPage:
 
 
 def subject_names(root: Path | None) -> list[str]:
-    from reenact.subject import list_subjects
-
     return [s.name for s in list_subjects(root)]
 
 
 def build(ctx) -> SubjectsPage:
-    from reenact.subject import DEFAULT_SCOPE
-
     root = ctx.subjects_dir
     with gr.Row():
         with gr.Column(scale=3):
@@ -77,7 +77,7 @@ def build(ctx) -> SubjectsPage:
         try:
             return faces_image(Path(path), int(index or 0)), ""
         except ReenactError as exc:
-            return None, status(str(exc), ok=False)
+            return None, status(ctx.jobs.plain(str(exc)), ok=False)
 
     def on_create(name_, portrait_, face_index_, speech_, consent_, signer_, scope_, model_files,
                   progress=gr.Progress()):
@@ -92,8 +92,6 @@ def build(ctx) -> SubjectsPage:
                      desc=message)
 
         def work():
-            from reenact.subject import create_subject
-
             model, scratch = _voice_model(model_files, ctx.config.work_dir)
             try:
                 return create_subject(name_.strip(), Path(portrait_), Path(consent_),
@@ -114,23 +112,19 @@ def build(ctx) -> SubjectsPage:
     def on_show(name_: str | None):
         if not name_:
             return None, None, None, ""
-        from reenact.subject import load_subject
-
         try:
             subject = load_subject(name_, root)
         except ReenactError as exc:
             return None, None, None, status(str(exc), ok=False)
-        work = ctx.config.work_dir
-        return (publish(work, subject.portrait_path), subject.to_json(),
-                publish(work, subject.folder / subject.consent.document), voice_summary(subject))
+        work, document = ctx.config.work_dir, subject.folder / subject.consent.document
+        shown = [publish(work, p) if p.is_file() else None for p in (subject.portrait_path, document)]
+        return shown[0], subject.to_json(), shown[1], voice_summary(subject)
 
     def on_delete(name_: str | None, sure_: bool):
         if not name_:
             return status("choose a subject first", ok=False), gr.update(), False
         if not sure_:
             return status(f"tick the box to delete {name_} and all its files", ok=False), gr.update(), False
-        from reenact.subject import delete_subject, load_subject
-
         def work():
             subject = load_subject(name_, root)
             copies = forget_copies(ctx.config.work_dir,
@@ -162,11 +156,6 @@ def build(ctx) -> SubjectsPage:
 
 def faces_image(path: Path, index: int) -> np.ndarray:
     """The portrait with every face found boxed and numbered; the one `index` chooses in green."""
-    import cv2
-
-    from reenact.face.detect import FaceDetector, choose_face
-    from reenact.media.image import load_image
-
     image = load_image(path, max_side=1280)
     found = FaceDetector().detect(image, upsample=1)
     chosen = choose_face(found, index, path)  # raises the CLI's message: no face, or no face of that index

@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from reenact.provenance.verify import describe_layers, verdict, verify
 from reenact.ui.jobs import status
 
 
@@ -25,8 +26,6 @@ def build(ctx) -> None:
     def on_verify(path: str | None, frames_: float | None):
         if not path:
             return status("upload a file to verify", ok=False), None, None
-        from reenact.provenance.verify import describe_layers, verdict, verify
-
         report, error = ctx.jobs.run(lambda: verify(Path(path), max_frames=int(frames_ or 48)))
         if error:
             return status(error, ok=False), None, None

@@ -425,3 +425,70 @@ def test_launch_options_are_safe(tmp_path: Path) -> None:
     options = launch_options(UIConfig(host="0.0.0.0", auth=("u", "p"), work_dir=tmp_path, max_upload_mb=3))
     assert options["share"] is False and options["auth"] == ("u", "p") and options["server_name"] == "0.0.0.0"
     assert options["allowed_paths"] == [str(tmp_path / "outputs")] and options["max_file_size"] == 3 * 2**20
+
+
+STUDY_PLAN = """
+[study]
+name = "tiny"
+seed = 5
+participants = 2
+
+[output]
+fps = 20
+width = 192
+height = 192
+duration = 1.0
+crf = 23
+
+[[subjects]]
+name = "ada"
+portrait = "{portrait}"
+consent = "consent.txt"
+
+[[drivers]]
+name = "talk"
+path = "{driver}"
+
+[[real]]
+name = "control"
+path = "{driver}"
+
+[conditions]
+face = "all"
+"""
+
+
+def test_study_check_run_and_gallery_in_the_browser(server: dict, page,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "consent.txt").write_text("I agree to synthetic videos of me for perception studies, disclosed as "
+                                        "AI-generated.\n")
+    plan = folder / "plan.toml"
+    plan.write_text(STUDY_PLAN.format(portrait=EXAMPLES / "portrait.png", driver=EXAMPLES / "driver.mp4"))
+    bad = folder / "bad.toml"
+    bad.write_text(STUDY_PLAN.format(portrait=folder / "missing.png", driver=EXAMPLES / "driver.mp4"))
+
+    page.goto(server["url"])
+    page.get_by_role("tab", name="Study").click()
+    field = page.locator("#study-plan textarea, #study-plan input").first
+    field.fill(str(bad))
+    _clear(page, "study-status")
+    page.locator("#study-check").click()
+    shown = _status(page, "study-status", "missing.png")
+    assert shown.startswith("error:") and "problem" in shown
+
+    field.fill(str(plan))
+    _clear(page, "study-status")
+    page.locator("#study-check").click()
+    _status(page, "study-status", "ok: 2 clips")
+    _clear(page, "study-status")
+    page.locator("#study-run").click()
+    _status(page, "study-status", "2 clips made", timeout=400_000)
+    href = page.locator("#study-gallery-link").get_attribute("href")
+    page.screenshot(path=str(folder / "study.png"), full_page=True)
+    code, body = _get(server["url"] + href)
+    assert code == 200 and body.count(b'<section class="clip') == 2
+    assert (server["work"] / "outputs" / "studies" / "tiny" / "key.csv").exists()
+    page.goto(server["url"] + href)  # the gallery, as the link opens it
+    page.locator("section.clip").first.wait_for()
+    page.screenshot(path=str(folder / "study-gallery.png"), full_page=True)

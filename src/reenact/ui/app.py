@@ -9,6 +9,7 @@ import gradio as gr
 
 from reenact.ui import make as make_page
 from reenact.ui import models as models_page
+from reenact.ui import study as study_page
 from reenact.ui import subjects as subjects_page
 from reenact.ui import verify as verify_page
 from reenact.ui.jobs import Jobs
@@ -52,6 +53,8 @@ def build_app(config: UIConfig) -> gr.Blocks:
                 make = make_page.build(ctx)
             with gr.Tab("Verify", id="verify"):
                 verify_page.build(ctx)
+            with gr.Tab("Study", id="study"):
+                study_page.build(ctx)
             with gr.Tab("Models", id="models"):
                 models = models_page.build(ctx)
         # A subject made or deleted on one page is offered on the other; the lists are read on each page load.

@@ -310,6 +310,9 @@ def test_subject_make_verify_in_the_browser(server: dict, page, tmp_path_factory
         "() => { const v = document.querySelector('#make-video video'); "
         "return v && v.readyState >= 1 && v.duration > 0 ? v.duration : null; }").json_value()
     assert abs(duration - report["video"]["frames"] / report["video"]["fps"]) < 0.2, duration
+    page.evaluate("() => new Promise(done => { const v = document.querySelector('#make-video video'); "
+                  "v.addEventListener('seeked', () => done(), {once: true}); v.currentTime = v.duration / 2; })")
+    page.wait_for_timeout(300)  # the seeked frame painted, for the screenshot
     page.screenshot(path=str(shots / "make.png"), full_page=True)
 
     # The CLI, given the same subject, driver and settings, writes the same report (but for the new id and timings).

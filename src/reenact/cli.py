@@ -6,7 +6,9 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -28,24 +30,52 @@ err = Console(stderr=True)
 
 
 def _setup_logging(verbose: bool) -> None:
+    if err.is_terminal:
+        handler: logging.Handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    else:  # pipes and CI logs: one line per message, never wrapped
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_time=False, show_path=False, markup=False)],
-                        force=True)
+                        handlers=[handler], force=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds (and cleans up) exactly as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like SIGINT while a command runs (main thread only; the old handler comes back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def command(fn):
-    """Run a command: user errors become one line on stderr and exit code 2, no traceback."""
+    """Run a command: user errors become one line on stderr and exit code 2, no traceback; SIGINT and
+    SIGTERM stop it with nothing half-written (exit codes 130 and 143)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except ReenactError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; no output written")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            err.print(f"{'terminated' if terminated else 'interrupted'}; no output written")
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
 
@@ -241,14 +271,19 @@ def verify(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Report each mark of reenact in FILE: C2PA manifest, video and audio watermarks, metadata.
-    Exits 0 when a mark of reenact is found, 1 when none is."""
+    Exit code 0: a mark of reenact is found; 1: none is; 2: the file could not be read (fully)."""
     from reenact.provenance.verify import format_verify_report
     from reenact.provenance.verify import verify as run
 
     _setup_logging(verbose)
     report = run(file, max_frames=frames)
     sys.stdout.write((json.dumps(report, indent=2) if as_json else format_verify_report(report)) + "\n")
-    raise typer.Exit(0 if report["marked"] else 1)
+    if report["marked"]:
+        raise typer.Exit(0)
+    if report["unreadable"]:
+        raise ReenactError(f"could not be read, so whether it is marked is unknown ({'; '.join(report['unreadable'])})",
+                           file)
+    raise typer.Exit(1)
 
 
 subject_app = typer.Typer(help="Subjects: the person a video depicts, with their consent record.",
@@ -479,7 +514,7 @@ def voice_train(
         raise ReenactError(f"--f0-method for the world backend is {' or '.join(F0_METHODS)}, not {f0_method!r}")
     path = train_voice(dataset, output, TrainConfig(method=method, workers=workers, convert_f0=f0_method or "auto"))
     t = VoiceModel.load(path).meta["training"]
-    sys.stdout.write(f"{path}: {t['speech_minutes']:.1f} min of speech in {t['clips']} clips, "
+    sys.stdout.write(f"{path}: {t['speech_minutes']:.1f} min of voiced speech in {t['clips']} clips, "
                      f"trained in {t['seconds_to_train']:.0f} s\n")
 
 

@@ -18,6 +18,53 @@ def temporary_path(path: str | Path, tag: str = "partial") -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.{tag}{path.suffix}")
 
 
+def clear_stale_partials(path: str | Path) -> list[Path]:
+    """Remove the temporary files that earlier runs writing `path` left when they were killed: hidden files
+    beside it named ``.STEM[.SUFFIX].PID.TAG...`` (as `temporary_path` names them, also nested) whose process
+    is gone. Files of running processes, and any other file, are left alone. Returns the files removed."""
+    import logging
+    import re
+
+    path = Path(path)
+    pattern = re.compile(rf"^\.+{re.escape(path.stem)}(?:{re.escape(path.suffix)})?\.(\d+)\.([A-Za-z]+)\b")
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or match.group(2) not in TEMPORARY_TAGS or _process_alive(int(match.group(1))):
+            continue
+        try:
+            if entry.is_file() or entry.is_symlink():
+                entry.unlink()
+            elif entry.is_dir():
+                shutil.rmtree(entry)
+            removed.append(entry)
+        except OSError:
+            continue
+    if removed:
+        logging.getLogger(__name__).info("removed %d temporary file(s) left by interrupted runs: %s",
+                                         len(removed), ", ".join(p.name for p in removed))
+    return removed
+
+
+TEMPORARY_TAGS = ("partial", "unsigned", "encoded", "tagged", "muxed")  # the tags reenact's writers use
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a process id): leave its files alone
+    return True
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends without an exception it replaces `path`
@@ -34,6 +81,24 @@ def atomic_write(path: str | Path, mode: int | None = None) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def replace_together(moves: list[tuple[Path, Path]]) -> None:
+    """os.replace each (temporary, final) pair with SIGINT and SIGTERM held back, so an interruption
+    lands before the first rename or after the last, never between them."""
+    import signal
+    import threading
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for tmp, final in moves:
+            os.replace(tmp, final)
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def write_text(path: str | Path, text: str, mode: int | None = None) -> Path:

@@ -31,7 +31,7 @@ from reenact.errors import ReenactError
 from reenact.face import pose
 from reenact.face.align import Crop, PasteBack, face_box
 from reenact.face.detect import FaceDetector, Track, TrackConfig, choose_face, smooth_boxes, track
-from reenact.files import sha256_file, temporary_path, write_text
+from reenact.files import clear_stale_partials, replace_together, sha256_file, temporary_path
 from reenact.media.audio import Audio, normalise_loudness, read_audio
 from reenact.media.container import check_output_path
 from reenact.media.image import fit_frame, load_image
@@ -89,6 +89,8 @@ class AnimateResult:
     payload: str = ""  # the watermarks' 64-bit payload, hex
     crop_size: int = 256  # the size the backend worked at (what "auto" chose)
     driver: "DriverTrack | None" = field(default=None, repr=False)  # the tracking, for measures that reuse it
+    driver_frames_expected: int = 0  # the driver container's frame count (its header's estimate)
+    warnings: list[str] = field(default_factory=list)  # problems with the inputs that did not stop the run
 
     @property
     def duration(self) -> float:
@@ -203,6 +205,7 @@ class DriverTrack:
     track: Track  # full-frame landmarks per frame (bridged where no face was found)
     crops: list[Crop]
     reference: int
+    warnings: list[str] = field(default_factory=list)  # e.g. fewer frames decoded than the container lists
 
     def frame(self, i: int, image: np.ndarray | None) -> DriverFrame:
         """What the backend gets for frame `i` (its crop, when the backend asked for images)."""
@@ -219,13 +222,27 @@ def track_driver(path: Path, info: VideoInfo, detector: FaceDetector, config: An
     driver = track(frames, detector, config.track, config.driver_face_index, float(info.fps), path,
                    on_frame=lambda i: report("track", i + 1, info.frame_count))
     clock.seconds["track"] += time.perf_counter() - t0 - (clock.seconds["decode"] - decoded)
+    warnings = []
+    short = short_driver_warning(driver.n_frames, info.frame_count)
+    if short:
+        warnings.append(short)
+        log.warning("%s: %s", path, short)
     if driver.n_missing:
         log.warning("%s: no face in %d of %d frames; bridged from neighbouring frames",
                     path, driver.n_missing, driver.n_frames)
     boxes = smooth_boxes(face_box(driver.landmarks, backend.crop), float(info.fps), config.crop_smooth_seconds)
     ref = choose_reference(config.reference, driver, source.landmarks)
     log.info("reference frame: %d (%s)", ref, config.reference)
-    return DriverTrack(path, info, driver, [Crop.from_box(b, backend.size) for b in boxes], ref)
+    return DriverTrack(path, info, driver, [Crop.from_box(b, backend.size) for b in boxes], ref, warnings)
+
+
+def short_driver_warning(decoded: int, expected: int) -> str | None:
+    """A one-line warning when decoding gave clearly fewer frames than the container says it holds (a cut
+    or damaged file); None within the header estimate's usual slack (2 frames or 2%)."""
+    if expected - decoded <= max(2, 0.02 * expected):
+        return None
+    return (f"only {decoded} of the {expected} frames the container lists could be decoded (damaged or cut "
+            f"file?); the output has {decoded} frames")
 
 
 def render(source: Source, driver: DriverTrack, backend: Backend, output: Path, config: AnimateConfig,
@@ -299,7 +316,8 @@ def render(source: Source, driver: DriverTrack, backend: Backend, output: Path, 
     return AnimateResult(output=output, frames=writer.frames_written, fps=info.fps, size=size,
                          reference_index=driver.reference, missing_frames=driver.track.n_missing,
                          audio=sound is not None, timings=dict(clock.seconds), output_id=output_id,
-                         payload=payload.hex(), crop_size=backend.size, driver=driver)
+                         payload=payload.hex(), crop_size=backend.size, driver=driver,
+                         driver_frames_expected=info.frame_count, warnings=list(driver.warnings))
 
 
 def animate(
@@ -321,6 +339,7 @@ def animate(
     output = check_output_path(output, (".mp4",))
     if output.resolve() in (source_path.resolve(), driver_path.resolve()):
         raise ReenactError("output would overwrite an input; choose another file name", output)
+    clear_stale_partials(output)
     clock = _Clock()
     report = progress or (lambda stage, done, total: None)
     t = time.perf_counter()
@@ -380,6 +399,8 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     if output.resolve() == driver_path.resolve():
         raise ReenactError("output would overwrite the driver; choose another file name", output)
     parse_transpose(config.transpose)
+    json_path = output.with_suffix(".json")
+    clear_stale_partials(output), clear_stale_partials(json_path)
     if config.measure_mode not in ("full", "fast"):
         raise ReenactError(f"measure mode must be full or fast, not {config.measure_mode!r}")
     subject = load_subject(subject_name, subjects_dir)
@@ -414,7 +435,25 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     sound = converted if converted is not None else original
     if sound is not None and config.loudness is not None:
         sound = normalise_loudness(sound, config.loudness)
-    result = animate(subject.portrait_path, driver_path, output, animate_config, audio=sound, progress=progress)
+    # The video and its report are written as temporaries and renamed together at the end: an
+    # interrupted or failed run changes neither OUT.mp4 nor OUT.json.
+    video_tmp, json_tmp = temporary_path(output), temporary_path(json_path)
+    try:
+        report = _make_files(subject, driver_path, output, video_tmp, animate_config, config, sound, original,
+                             converted, voice_backend, model, timings, progress)
+        json_tmp.write_text(json.dumps(report, indent=2, default=float))
+        replace_together([(video_tmp, output), (json_tmp, json_path)])
+    finally:
+        video_tmp.unlink(missing_ok=True)
+        json_tmp.unlink(missing_ok=True)
+    return report
+
+
+def _make_files(subject, driver_path: Path, output: Path, video_tmp: Path, animate_config: AnimateConfig,
+                config: MakeConfig, sound, original, converted, voice_backend, model, timings: dict,
+                progress: ProgressFn | None) -> dict:
+    """make's animate and measures, writing the video at `video_tmp`; returns the report (for `output`)."""
+    result = animate(subject.portrait_path, driver_path, video_tmp, animate_config, audio=sound, progress=progress)
     timings.update({f"animate.{k}": v for k, v in result.timings.items()})
 
     measures: dict = {}
@@ -425,10 +464,12 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
         if config.measure_mode == "fast":
             from reenact.evaluate.face import evaluate_face_fast
 
-            measures["face"] = evaluate_face_fast(output, subject.portrait_path, result.driver.track,
+            measures["face"] = evaluate_face_fast(video_tmp, subject.portrait_path, result.driver.track,
                                                   face_index=subject.face_index, progress=progress)
         else:
-            measures["face"] = evaluate_face(output, subject.portrait_path, driver_path, progress=progress)
+            measures["face"] = evaluate_face(video_tmp, subject.portrait_path, driver_path, progress=progress)
+        if "video" in measures["face"]:
+            measures["face"]["video"] = str(output)
         timings["measure.face"] = time.perf_counter() - t
         if converted is not None and subject.voice_dataset:
             from reenact.evaluate.voice import evaluate_voice
@@ -453,10 +494,10 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
                      "voice_options": {k: v for k, v in config.voice_options.items() if v is not None}
                      if converted is not None else {}},
         "video": {"frames": result.frames, "fps": float(result.fps), "size": list(result.size),
-                  "missing_face_frames": result.missing_frames, "audio": result.audio},
+                  "missing_face_frames": result.missing_frames, "audio": result.audio,
+                  "driver_frames_decoded": result.frames, "driver_frames_in_container": result.driver_frames_expected},
+        "warnings": result.warnings,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "measures": measures,
     }
-    json_path = output.with_suffix(".json")
-    write_text(json_path, json.dumps(report, indent=2, default=float))
     return report

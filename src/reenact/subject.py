@@ -238,14 +238,23 @@ def create_subject(
         dataset = partial / "voice" / "dataset"
         model = partial / "voice" / "model.safetensors"
         dataset.mkdir(parents=True, exist_ok=True)
-        if not (partial / "voice" / "dataset" / "manifest.json").exists() or not model.exists():
-            say("voice prepare")
-            prepared = prepare_dataset([Path(p) for p in speech], dataset)
-            prepared = asdict(prepared) if hasattr(prepared, "__dataclass_fields__") else str(prepared)
-            summary["prepare"] = _relative_paths(prepared, partial)  # the partial folder is renamed below
-        if given_model is None and not model.exists():
-            say("voice train")
-            train_voice(dataset, model, train_config)
+        try:  # speech that cannot make a voice is refused, and leaves no unfinished folder to resume
+            if not (partial / "voice" / "dataset" / "manifest.json").exists() or not model.exists():
+                say("voice prepare")
+                prepared = prepare_dataset([Path(p) for p in speech], dataset)
+                if prepared.clips == 0:
+                    drops = ", ".join(f"{n} {why}" for why, n in sorted(prepared.dropped.items())) or "none"
+                    raise ReenactError(f"no speech found in the speech inputs: 0 clips kept of "
+                                       f"{prepared.minutes_read:.1f} min read (dropped: {drops}); give recordings "
+                                       "of the subject speaking", Path(speech[0]))
+                prepared = asdict(prepared)
+                summary["prepare"] = _relative_paths(prepared, partial)  # the partial folder is renamed below
+            if given_model is None and not model.exists():
+                say("voice train")
+                train_voice(dataset, model, train_config)
+        except ReenactError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         voice_model, voice_dataset = "voice/model.safetensors", "voice/dataset"
     if given_model is not None:
         say("voice model")

@@ -31,7 +31,8 @@ import copy
 import hashlib
 import logging
 import math
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -571,9 +572,19 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 def infer_config(state: dict[str, torch.Tensor], args: dict | None = None) -> LiaConfig:
     """The generator configuration a state dict was made with."""
     args = args or {}
-    style_dim, motion_dim = state["dec.direction.weight"].shape
+    direction = state["dec.direction.weight"]
+    if direction.ndim != 2:
+        raise ReenactError(f"not a LIA generator: weight dec.direction.weight has shape {tuple(direction.shape)}, "
+                           "expected 2-D (style_dim, motion_dim)")
+    style_dim, motion_dim = direction.shape
     n_flows = len({k.split(".")[2] for k in state if k.startswith("dec.to_flows.")})
+    if not 4 <= n_flows + 2 <= 10:
+        raise ReenactError(f"not a LIA generator: {n_flows} flow heads (dec.to_flows.*), expected 4 to 8")
     size = 2 ** (n_flows + 2)
+    for name, ndim in (("dec.input.input", 4), (f"dec.to_rgbs.{n_flows - 1}.conv.0.weight", 4)):
+        if name not in state or state[name].ndim != ndim:
+            found = f"has shape {tuple(state[name].shape)}" if name in state else "is missing"
+            raise ReenactError(f"not a LIA generator of size {size}: weight {name} {found}, expected {ndim}-D")
     c4 = state["dec.input.input"].shape[1]
     c_top = state[f"dec.to_rgbs.{n_flows - 1}.conv.0.weight"].shape[1]
     mult = int(args.get("channel_multiplier", max(1, c_top // BASE_CHANNELS.get(size, c_top))))
@@ -589,16 +600,43 @@ def load_generator(path: str | Path, cfg: LiaConfig | None = None) -> Generator:
         gen.load_state_dict(deterministic_weights(cfg), strict=True)
         return gen.eval()
     state, args = read_state_dict(path)
-    cfg = cfg or infer_config(state, args)
-    gen = Generator(cfg)
-    missing, unexpected = gen.state_dict().keys() - state.keys(), state.keys() - gen.state_dict().keys()
+    if cfg is None:
+        try:
+            inferred = infer_config(state, args)
+        except ReenactError as exc:
+            raise ReenactError(exc.message, path) from None
+        # The sizes are read from a few tensors; when one of those is the damaged one, the released
+        # layout of that size fits all the others, so the wrong-shape message names the right tensor.
+        candidates = [inferred, replace(inferred, style_dim=LiaConfig.style_dim, motion_dim=LiaConfig.motion_dim)]
+        fc = sorted(int(k.split(".")[2]) for k in state if re.fullmatch(r"enc\.fc\.\d+\.weight", k))
+        if fc and state[f"enc.fc.{fc[0]}.weight"].ndim == 2 and state[f"enc.fc.{fc[-1]}.weight"].ndim == 2:
+            candidates.append(replace(inferred, style_dim=int(state[f"enc.fc.{fc[0]}.weight"].shape[1]),
+                                      motion_dim=int(state[f"enc.fc.{fc[-1]}.weight"].shape[0])))
+    else:
+        candidates = [cfg]
+    best = None
+    for candidate in candidates:
+        try:
+            with torch.device("meta"):  # shapes only, no memory
+                shapes = {k: v.shape for k, v in Generator(candidate).state_dict().items()}
+        except Exception as exc:  # noqa: BLE001 - sizes no generator can have (any error of the layers)
+            if best is None and candidate is candidates[-1]:
+                raise ReenactError(f"not a LIA generator: {candidate} cannot be built ({exc})", path) from None
+            continue
+        wrong = [k for k in shapes if k in state and state[k].shape != shapes[k]]
+        if best is None or len(wrong) < len(best[2]):
+            best = (candidate, shapes, wrong)
+    cfg, shapes, wrong = best
+    missing, unexpected = shapes.keys() - state.keys(), state.keys() - shapes.keys()
     if missing or unexpected:
         raise ReenactError(f"not a LIA generator of size {cfg.size}: {len(missing)} missing keys "
                            f"(e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected "
                            f"(e.g. {sorted(unexpected)[:2]})", path)
-    for k, v in gen.state_dict().items():
-        if state[k].shape != v.shape:
-            raise ReenactError(f"weight {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}", path)
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ReenactError(f"weight {k} has shape {tuple(state[k].shape)}, expected {tuple(shapes[k])}{more}", path)
+    gen = Generator(cfg)
     gen.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return gen.eval()
 

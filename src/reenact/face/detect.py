@@ -78,6 +78,8 @@ class FaceDetector:
         max_side = max_side or self.max_side
         upsample = self.upsample if upsample is None else upsample
         h, w = image.shape[:2]
+        if min(h, w) < 8:  # too small to hold a face (and a 0-pixel side would divide by zero)
+            return []
         scale = min(1.0, max_side / max(h, w))
         small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else image
         rects, scores, _ = self._detector.run(np.ascontiguousarray(small), upsample, 0.0)

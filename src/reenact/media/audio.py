@@ -117,7 +117,10 @@ def _audio_stream(container, path: Path):
     """The first audio stream of an open container; raise when there is none."""
     if not container.streams.audio:
         raise ReenactError("has no audio track", path)
-    return container.streams.audio[0]
+    stream = container.streams.audio[0]
+    if stream.codec_context is None or not (stream.codec_context.sample_rate or stream.rate):
+        raise ReenactError("audio track has a codec or sample rate that cannot be decoded (damaged file?)", path)
+    return stream
 
 
 def _native_rate(stream) -> int:

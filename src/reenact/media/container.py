@@ -47,6 +47,21 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
         raise ReenactError(f"output must be a {' or '.join(suffixes)} file", path)
     if not path.parent.exists():
         raise ReenactError(f"output folder {path.parent} does not exist; create it first", path)
-    if not os.access(path.parent, os.W_OK):
+    if not path.parent.is_dir():
+        raise ReenactError(f"{path.parent} is a file, not a folder; give an output path in a folder", path)
+    if not os.access(path.parent, os.W_OK) or not _can_create_in(path.parent):
         raise ReenactError(f"output folder {path.parent} is not writable", path)
     return path
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (os.access says yes for root, also under /proc)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".reenact-", suffix=".probe", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True

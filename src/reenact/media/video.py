@@ -60,6 +60,8 @@ def probe(path: str | Path) -> VideoInfo:
             kind = "an audio-only file" if container.streams.audio else "a file with no video stream"
             raise ReenactError(f"has no video stream ({kind}); give a video", path)
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # a codec id FFmpeg does not know (a damaged header)
+            raise ReenactError("video stream has a codec that cannot be decoded (damaged file?)", path)
         if stream.codec_context.name in _IMAGE_CODECS and (stream.frames or 0) <= 1:
             raise ReenactError("is a still image, not a video; give a video as driver", path)
         fps = _frame_rate(stream)
@@ -117,6 +119,8 @@ def iter_frames(path: str | Path, fps: Fraction | None = None) -> Iterator[np.nd
         if not container.streams.video:
             raise ReenactError("has no video stream; give a video", path)
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ReenactError("video stream has a codec that cannot be decoded (damaged file?)", path)
         stream.thread_type = "AUTO"
         rate = fps or _frame_rate(stream)
         tb = stream.time_base

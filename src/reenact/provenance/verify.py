@@ -36,14 +36,27 @@ def verify(path: str | Path, max_frames: int = 48) -> dict:
         video_mark.sample_frames(path, max_frames)).as_dict()) if has_video else {"found": False, "absent": "no video"}
     report["audio_watermark"] = _layer(lambda: audio_mark.detect(path).as_dict()) if has_audio else \
         {"found": False, "absent": "no audio"}
-    report["metadata"] = read_metadata(path)
+    try:
+        report["metadata"] = read_metadata(path)
+    except Exception as exc:  # noqa: BLE001 - damaged tags are a finding, not a crash
+        report["metadata"] = {"error": _reason(exc)}
     manifest = report["manifest"]
     report["marked"] = bool(report["video_watermark"].get("found") or report["audio_watermark"].get("found")
                             or manifest.get("reenact") or report["metadata"].get("synthetic") == "true")
     payloads = {p for p in (report["video_watermark"].get("payload"), report["audio_watermark"].get("payload"),
                             (manifest.get("claims") or {}).get("payload"), report["metadata"].get("payload")) if p}
     report["payload"] = payloads.pop() if len(payloads) == 1 else (sorted(payloads) if payloads else None)
+    # Without a mark, a watermark layer that could not be read leaves the answer open: "could not read"
+    # (exit code 2), not "not marked" (1).
+    report["unreadable"] = [] if report["marked"] else [
+        f"{name.replace('_', ' ')}: {report[name]['error']}" for name in ("video_watermark", "audio_watermark")
+        if report[name].get("error")]
     return report
+
+
+def _reason(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}{': ' + text[:200] if text else ''}"
 
 
 def _layer(read) -> dict:
@@ -51,6 +64,9 @@ def _layer(read) -> dict:
         return read()
     except ReenactError as exc:
         return {"found": False, "error": exc.message}
+    except Exception as exc:  # noqa: BLE001 - a damaged stream can fail in the decoder in many ways
+        log.debug("layer read failed", exc_info=True)
+        return {"found": False, "error": f"cannot be decoded ({_reason(exc)})"}
 
 
 def describe_layers(report: dict) -> list[tuple[str, str]]:
@@ -84,7 +100,9 @@ def describe_layers(report: dict) -> list[tuple[str, str]]:
         return f"not found (confidence {layer.get('confidence', 0):.2f})"
 
     meta = report["metadata"]
-    if meta.get("synthetic"):
+    if meta.get("error"):
+        metadata = f"not read ({meta['error']})"
+    elif meta.get("synthetic"):
         metadata = f"synthetic={meta['synthetic']}, generator {meta.get('generator', '?')}"
     else:
         metadata = "no reenact tags" + (f" (encoder {meta['tool']})" if meta.get("tool") else "")
@@ -94,7 +112,9 @@ def describe_layers(report: dict) -> list[tuple[str, str]]:
 
 def verdict(report: dict) -> str:
     """The plain verdict: marked by reenact or not, and the payload the layers carry."""
-    text = "MARKED as made by reenact" if report["marked"] else "no mark of reenact found"
+    text = ("MARKED as made by reenact" if report["marked"] else
+            "could not be read fully: whether it is marked is unknown" if report.get("unreadable") else
+            "no mark of reenact found")
     payload = report.get("payload")
     if isinstance(payload, list):
         text += f" (layers disagree on the payload: {', '.join(payload)})"

@@ -21,6 +21,7 @@ voiced flag.
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -97,8 +98,12 @@ class ContentEncoder:
         hf_logging.disable_progress_bar()  # a bar per load would clutter the CLI's own progress display
         try:
             model, info = _hubert_class().from_pretrained(str(folder), output_loading_info=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ReenactError(f"cannot load ContentVec: {str(exc).splitlines()[0]}", folder) from exc
+        except pickle.UnpicklingError:  # weights_only refused it: Python objects that could run code
+            raise ReenactError("cannot load ContentVec: its weights file holds Python objects that are not safe "
+                               "to load (only tensors are accepted)", folder) from None
+        except Exception as exc:  # noqa: BLE001 - a damaged or crafted file fails in many ways
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ReenactError(f"cannot load ContentVec: {reason[:200]}", folder) from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

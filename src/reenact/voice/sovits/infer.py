@@ -102,7 +102,7 @@ class SovitsVoice:
         g_path, config_path = find_generator(Path(path))
         config = sovits.load_config(config_path)
         device = pick_device(device)
-        net_g = sovits.build_generator(config)
+        net_g = sovits.build_generator(config, config_path)
         sovits.load_checkpoint(g_path, net_g)
         net_g = net_g.remove_weight_norm().eval().to(device)
         if dtype not in ("float32", "bfloat16"):

@@ -730,11 +730,29 @@ def config_template(legacy: bool = False) -> dict[str, Any]:
     return {"train": train, "data": data, "model": model, "spk": {}}
 
 
-def build_generator(config: dict[str, Any]) -> SynthesizerTrn:
-    """SynthesizerTrn as the fork builds it from a config dict."""
+_POSITIVE = {"data": ("filter_length", "hop_length"), "train": ("segment_size",),
+             "model": ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers", "kernel_size",
+                       "upsample_initial_channel", "n_layers_q", "gin_channels", "ssl_dim", "n_speakers")}
+
+
+def build_generator(config: dict[str, Any], path: str | Path | None = None) -> SynthesizerTrn:
+    """SynthesizerTrn as the fork builds it from a config dict; a config no generator can be built from
+    (a negative width, a missing size) is a ReenactError naming the setting."""
     data, train = config["data"], config["train"]
-    return SynthesizerTrn(data["filter_length"] // 2 + 1, train["segment_size"] // data["hop_length"],
-                          **config["model"])
+    for section, keys in _POSITIVE.items():
+        for key in keys:
+            value = config[section].get(key)
+            if value is None and section == "model" and key not in ("inter_channels", "hidden_channels", "ssl_dim"):
+                continue  # the model's own default applies
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ReenactError(f"{section}.{key} must be a positive whole number, not {value!r}", path)
+    try:
+        return SynthesizerTrn(data["filter_length"] // 2 + 1, train["segment_size"] // data["hop_length"],
+                              **config["model"])
+    except Exception as e:  # noqa: BLE001 - any layer can refuse an odd setting
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ReenactError(f"the model section cannot build a so-vits-svc generator ({type(e).__name__}: "
+                           f"{reason[:200]})", path) from None
 
 
 def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, learning_rate: float,

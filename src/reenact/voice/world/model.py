@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import time
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -91,7 +92,7 @@ class TrainConfig:
     # ppg-net, dio for the others (by measurement, docs/voice.md); the model file records the one chosen
     net: NetConfig = field(default_factory=NetConfig)  # ppg-net: the network and its training
     max_pool: int = 120_000  # target frames kept for the search
-    min_minutes: float = 1.0  # smaller datasets are refused
+    min_minutes: float = 1.0  # of voiced speech; smaller datasets are refused
     workers: int = 2
     seed: int = 0
 
@@ -171,7 +172,53 @@ class VoiceModel:
             raise ReenactError(f"is not a reenact voice model ({type(exc).__name__})", path) from None
         if meta.get("format") != FORMAT:
             raise ReenactError("is not a reenact voice model (metadata has no 'reenact' format)", path)
-        return cls(meta, tensors)
+        model = cls(meta, tensors)
+        model.check(path)
+        return model
+
+    def check(self, path: Path | None = None) -> None:
+        """Raise ReenactError naming the tensor when one that the model's method needs is missing or has the
+        wrong shape (a damaged or hand-edited file), before any audio is read."""
+        try:
+            method, dims = str(self.meta["method"]), int(self.meta["dims"])
+            phones = int(self.meta.get("ppg_phones") or 0)
+            int(self.meta["sample_rate"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReenactError(f"voice model metadata is incomplete ({type(exc).__name__}: {exc})", path) from None
+        if method not in METHODS:
+            raise ReenactError(f"voice model has an unknown method {method!r}", path)
+        spec: dict[str, tuple] = {"pool_mc": ("N", dims), "pool_voiced": ("N",), "pool_ap": ("N", "A"),
+                                  "ltas": ("F",)}
+        for name in ("voiced", "unvoiced"):
+            spec[f"mc_mean_{name}"] = spec[f"mc_std_{name}"] = (dims,)
+        if method in PPG_METHODS:
+            spec.update(pool_ppg=("N", phones), pool_clip=("N",))
+        if method == "ppg-net":
+            n_in = ppgnet.input_width(phones)
+            spec.update(net_0_weight=("M", "H", n_in), net_0_bias=("M", "H"), net_2_weight=("M", "H", "H"),
+                        net_2_bias=("M", "H"), net_4_weight=("M", "O", "H"), net_4_bias=("M", "O"),
+                        net_x_mean=("M", n_in), net_x_std=("M", n_in), net_y_mean=("M", "O"), net_y_std=("M", "O"),
+                        net_y_spread=("O",))
+        for name, shape in spec.items():
+            if name not in self.tensors:
+                raise ReenactError(f"voice model is damaged or incomplete: it has no tensor {name}, which its "
+                                   f"method {method} needs", path)
+            if self.tensors[name].ndim != len(shape):
+                raise ReenactError(f"voice model is damaged: tensor {name} has shape {self.tensors[name].shape}, "
+                                   f"expected {len(shape)} dimensions", path)
+        votes: dict[str, list[int]] = defaultdict(list)  # each size the tensors agree on, by majority
+        for name, shape in spec.items():
+            for want, got in zip(shape, self.tensors[name].shape):
+                if isinstance(want, str):
+                    votes[want].append(int(got))
+        sizes = {k: max(set(v), key=v.count) for k, v in votes.items()}
+        if "O" in sizes and "A" in sizes:
+            sizes["O"] = dims - 1 + sizes["A"]  # the networks give cepstra 1.. and the coded aperiodicity
+        for name, shape in spec.items():
+            want = tuple(sizes.get(d, d) if isinstance(d, str) else d for d in shape)
+            if tuple(self.tensors[name].shape) != want or 0 in want:
+                raise ReenactError(f"voice model is damaged: tensor {name} has shape {self.tensors[name].shape}, "
+                                   f"expected {want}", path)
 
 
 # ---------------------------------------------------------------- training
@@ -190,13 +237,27 @@ def _analyse_clip(args: tuple[str, int, int, dict | None]) -> dict:
     mc = F.cepstrum(fs, sp.shape[1], dims).encode(sp)
     cap = pyworld.code_aperiodicity(np.ascontiguousarray(w.ap), fs)
     voiced = (w.f0 > 0) & speech
+    voiced_seconds = float((voiced & audible_frames(x, fs, len(voiced))).sum()) * F.FRAME_PERIOD / 1000
     logsp = np.log(np.maximum(sp[voiced], 1e-16))
     extra = {}
     if ppg is not None:  # phone posteriors of the speech frames; the context is stacked when the model loads
         extra["ppg"] = ppg_features(x, fs, len(mc), ppg["scale"], ())[speech].astype(np.float16)
     return {**extra, "mc": mc[speech].astype(np.float32), "ap": cap[speech].astype(np.float32),
             "voiced": voiced[speech], "f0": w.f0[w.f0 > 0],
-            "ltas_sum": logsp.sum(axis=0), "ltas_n": int(voiced.sum()), "seconds": len(x) / fs}
+            "ltas_sum": logsp.sum(axis=0), "ltas_n": int(voiced.sum()), "seconds": len(x) / fs,
+            "voiced_seconds": voiced_seconds}
+
+
+def audible_frames(x: np.ndarray, fs: int, n: int, floor_db: float = -70.0) -> np.ndarray:
+    """Frames (every FRAME_PERIOD ms) whose 20 ms neighbourhood is louder than `floor_db` dBFS: not digital
+    silence or a faint hiss, whatever the rest of the recording's level."""
+    hop = fs * F.FRAME_PERIOD / 1000
+    centre = (np.arange(n) * hop).astype(np.int64)
+    half = int(0.01 * fs)
+    energy = np.concatenate([[0.0], np.cumsum(np.square(x, dtype=np.float64))])
+    lo, hi = np.clip(centre - half, 0, len(x)), np.clip(centre + half, 0, len(x))
+    power = (energy[hi] - energy[lo]) / np.maximum(hi - lo, 1)
+    return 10 * np.log10(power + 1e-20) > floor_db
 
 
 def speech_frames(sp: np.ndarray, floor_db: float = 45.0) -> np.ndarray:
@@ -243,11 +304,13 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
     mc = np.concatenate([p["mc"] for p in parts])
     voiced = np.concatenate([p["voiced"] for p in parts])
     ap = np.concatenate([p["ap"] for p in parts])
-    speech_seconds = len(mc) * F.FRAME_PERIOD / 1000
+    # Speech is what is voiced and audible: digital silence, hiss and whispers have no voice to learn.
+    speech_seconds = sum(p["voiced_seconds"] for p in parts)
     if speech_seconds < 60 * config.min_minutes:
         raise ReenactError(
-            f"dataset has {speech_seconds / 60:.2f} min of speech; at least {config.min_minutes:g} min is needed "
-            f"(10 to 20 min recommended)", dataset_dir)
+            f"dataset has {speech_seconds / 60:.2f} min of voiced speech in {seconds / 60:.2f} min of audio (the "
+            f"rest is silence, noise or unvoiced); at least {config.min_minutes:g} min is needed (10 to 20 min "
+            f"recommended)", dataset_dir)
     f0 = np.concatenate([p["f0"] for p in parts])
     lf0_mean, lf0_std, _ = F.lf0_stats(f0)
     ltas = sum(p["ltas_sum"] for p in parts) / max(1, sum(p["ltas_n"] for p in parts))

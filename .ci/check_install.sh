@@ -14,10 +14,10 @@ step() { echo "check-install [$(( $(date +%s) - start )) s] $*"; }
 step "fresh venv in $WORK/venv"
 "$PYTHON" -m venv "$WORK/venv"
 V="$WORK/venv/bin"
-"$V/pip" install -q torch==2.13.0
+"$V/pip" install -q --no-compile torch==2.13.0
 # build in a copy, so the checkout gets no build/ or egg-info folders
 tar --exclude=.venv --exclude=.git -cf - . | (mkdir "$WORK/src" && cd "$WORK/src" && tar -xf -)
-"$V/pip" install -q "$WORK/src"
+"$V/pip" install -q --no-compile "$WORK/src"
 cd "$WORK"
 
 step "speech for the subject: the example driver's sound, repeated to 120 s"

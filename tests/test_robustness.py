@@ -209,7 +209,10 @@ def test_stale_partials_of_dead_processes_are_cleared(tmp_path: Path, clip: Path
 def test_sigterm_mid_render_leaves_nothing(tmp_path: Path, example_portrait: Path):
     driver = fuzz.cut_clip(REPO / "examples" / "driver.mp4", tmp_path / "driver.mp4", 6.0)
     out = tmp_path / "out.mp4"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    import reenact
+
+    src = str(Path(reenact.__file__).resolve().parents[1])  # the reenact under test, also in the child
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "reenact.cli", "animate", str(example_portrait), str(driver),
                              "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240

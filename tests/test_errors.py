@@ -208,3 +208,12 @@ def test_crafted_content_checkpoint_is_one_line(tmp_path: Path):
                                  "--device", "cpu", "--content", str(crafted / "pytorch_model.bin")])
     one_line_error(result, "not safe to load")
     assert "this must never run" not in result.output
+
+
+def test_voice_outputs_checked_before_any_work(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("a file")
+    result = runner.invoke(app, ["voice", "train", str(tmp_path), "-o", str(tmp_path / "notes.txt" / "v.safetensors")])
+    one_line_error(result, "notes.txt is a file")
+    if Path("/proc/self").exists():
+        result = runner.invoke(app, ["voice", "train", str(tmp_path), "-o", "/proc/v.safetensors"])
+        one_line_error(result, "not writable")

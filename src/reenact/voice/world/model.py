@@ -282,6 +282,9 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
         raise ReenactError("the model file name must end in .safetensors (e.g. voice.safetensors)", out_path)
     if not out_path.parent.exists():
         raise ReenactError(f"output folder {out_path.parent} does not exist; create it first", out_path)
+    from reenact.media.container import check_output_path
+
+    check_output_path(out_path)  # a folder a file can be written in, before the training
     clips = dataset_clips(dataset_dir)
     if not clips:
         raise ReenactError("dataset has no audio clips (run `reenact voice prepare` first)", dataset_dir)

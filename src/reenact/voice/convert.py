@@ -75,6 +75,9 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     import soundfile as sf
 
     input_path, out_path = Path(input_path), check_output_path(out_path)
+    from reenact.files import clear_stale_partials
+
+    clear_stale_partials(out_path)
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(out_path.suffix.lower())
     if fmt is None:
         raise ReenactError("output must end in .wav or .flac", out_path)

@@ -285,6 +285,9 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
     from reenact.media.container import check_output_path
 
     check_output_path(out_path)  # a folder a file can be written in, before the training
+    from reenact.files import clear_stale_partials
+
+    clear_stale_partials(out_path)
     clips = dataset_clips(dataset_dir)
     if not clips:
         raise ReenactError("dataset has no audio clips (run `reenact voice prepare` first)", dataset_dir)

@@ -117,8 +117,8 @@ def test_lia_cli_one_line(tmp_path: Path, example_portrait: Path, example_driver
 
 def _world_model(tmp_path: Path, change=None) -> Path:
     """A ppg-net WORLD model file of the right layout (random values, no training): M=1 member, H=8 hidden."""
-    from reenact.voice import ppgnet
-    from reenact.voice.world import FORMAT, VoiceModel
+    from reenact.voice.world import ppgnet
+    from reenact.voice.world.model import FORMAT, VoiceModel
 
     rng = np.random.default_rng(0)
     dims, phones, n, a, h = 40, 40, 64, 3, 8
@@ -140,7 +140,7 @@ def _world_model(tmp_path: Path, change=None) -> Path:
 
 
 def test_world_model_layout_is_checked(tmp_path: Path):
-    from reenact.voice.world import VoiceModel
+    from reenact.voice.world.model import VoiceModel
 
     VoiceModel.load(_world_model(tmp_path))  # the right layout loads
     wrong = _world_model(tmp_path, lambda t: t.update(net_0_weight=np.zeros((1, 3, 5), np.float32)))
@@ -165,7 +165,7 @@ def test_world_model_missing_tensor_blames_the_model(tmp_path: Path):
 
 
 def _sovits_model(tmp_path: Path) -> Path:
-    from reenact.voice import content as C
+    from reenact.voice.sovits import content as C
 
     folder = tmp_path / "model"
     shutil.copytree(FIXTURES / "sovits" / "fork_tiny", folder, ignore=shutil.ignore_patterns("*.npz", "*.npy"))

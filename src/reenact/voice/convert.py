@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from reenact.errors import ReenactError
-from reenact.files import atomic_write
+from reenact.files import atomic_write, clear_stale_partials
 from reenact.media.audio import Audio, audio_rate, iter_audio
 from reenact.media.container import check_output_path
 from reenact.voice import signal as S
@@ -75,8 +75,6 @@ def convert_voice(input_path: Path, model: Any, out_path: Path, transpose: str |
     import soundfile as sf
 
     input_path, out_path = Path(input_path), check_output_path(out_path)
-    from reenact.files import clear_stale_partials
-
     clear_stale_partials(out_path)
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(out_path.suffix.lower())
     if fmt is None:

@@ -57,7 +57,8 @@ import pyworld
 from safetensors.numpy import load_file, save_file
 
 from reenact.errors import ReenactError
-from reenact.files import atomic_write
+from reenact.files import atomic_write, clear_stale_partials
+from reenact.media.container import check_output_path
 from reenact.threads import torch_threads
 from reenact.voice import signal as S
 from reenact.voice.dataset import dataset_clips
@@ -282,11 +283,7 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
         raise ReenactError("the model file name must end in .safetensors (e.g. voice.safetensors)", out_path)
     if not out_path.parent.exists():
         raise ReenactError(f"output folder {out_path.parent} does not exist; create it first", out_path)
-    from reenact.media.container import check_output_path
-
     check_output_path(out_path)  # a folder a file can be written in, before the training
-    from reenact.files import clear_stale_partials
-
     clear_stale_partials(out_path)
     clips = dataset_clips(dataset_dir)
     if not clips:

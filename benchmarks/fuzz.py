@@ -162,14 +162,14 @@ def preload() -> None:
 
 
 def fuzz(entry: str, base: Path, count: int, seed: int, folder: Path, timeout: float,
-         log=print) -> dict:
+         log=print, start: int = 0, verbose: bool = False) -> dict:
     """`count` mutations of `base` through `entry`; counts of outcomes and the failures' first lines."""
     preload()
     data = base.read_bytes()
     counts = {"ok": 0, "traceback": 0, "hang": 0}
     codes: dict[str, int] = {}
     failures = []
-    for i in range(count):
+    for i in range(start, start + count):
         rng = np.random.default_rng([seed, ENTRIES.index(entry), i])
         where = "header" if i % 2 == 0 else "payload"
         path = folder / f"{entry}_{i:04d}.mp4"
@@ -180,6 +180,8 @@ def fuzz(entry: str, base: Path, count: int, seed: int, folder: Path, timeout: f
             code = detail.split()[0]
             codes[code] = codes.get(code, 0) + 1
             path.unlink()
+            if verbose:
+                log(f"  {entry} #{i} ({where}): exit code {code}")
         else:
             failures.append((i, where, kind, detail))
             log(f"  {entry} #{i} ({where}): {kind}\n    " + "\n    ".join(detail.strip().splitlines()[-3:]))
@@ -193,11 +195,13 @@ def main() -> None:
     parser.add_argument("--entry", nargs="+", default=list(ENTRIES), choices=ENTRIES)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run counts as a hang")
     parser.add_argument("--keep", type=Path, default=None, help="keep the failing mutations in this folder")
+    parser.add_argument("--start", type=int, default=0, help="first mutation index (split a run over processes)")
+    parser.add_argument("--verbose", action="store_true", help="print every mutation's outcome")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    print(f"# fuzz: {args.count} mutations per entry point, seed {args.seed}; {platform.processor() or platform.machine()}, "
+    print(f"# fuzz: {args.count} mutations per entry point from #{args.start}, seed {args.seed}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
@@ -208,7 +212,8 @@ def main() -> None:
         rows = []
         for entry in args.entry:
             start = time.perf_counter()
-            result = fuzz(entry, base, args.count, args.seed, folder, args.timeout)
+            result = fuzz(entry, base, args.count, args.seed, folder, args.timeout, start=args.start,
+                          verbose=args.verbose)
             result["seconds"] = time.perf_counter() - start
             rows.append(result)
             print(f"{entry}: {result['count']} mutations, {result['traceback']} tracebacks, {result['hang']} hangs, "

@@ -9,7 +9,8 @@ The base file is the first second of examples/driver.mp4 (H.264 + AAC, stream co
 mutations hit a real bitstream; half of the mutations flip bytes in the header (ftyp + moov boxes), half
 in the payload (mdat). Each mutation flips 1 to 8 bytes, seeded by (seed, entry point, index).
 A run is fine when it ends with exit code 0, 1 or 2 (a one-line error); a traceback (any other
-exception) or a hang (over --timeout seconds) is counted and its first lines are printed.
+exception) or a hang is counted and its first lines are printed. A hang is a run over --timeout seconds and
+over 5 times what the unmutated file takes (measured first: a loaded machine slows every run).
 
     python benchmarks/fuzz.py [--count 200] [--seed 0] [--entry verify decode evaluate] [--timeout 120]
 """
@@ -166,6 +167,14 @@ def fuzz(entry: str, base: Path, count: int, seed: int, folder: Path, timeout: f
     """`count` mutations of `base` through `entry`; counts of outcomes and the failures' first lines."""
     preload()
     data = base.read_bytes()
+    # A hang is a run far slower than the unmutated file's: on a loaded machine a fixed limit would count
+    # slow-but-finishing runs (evaluate takes 20 s alone, 90 s at load 20 under nice).
+    start_time = time.perf_counter()
+    kind, detail = run_isolated(entry, base, base, max(timeout, 600))
+    reference = time.perf_counter() - start_time
+    timeout = max(timeout, 5 * reference)
+    log(f"  {entry}: the unmutated file takes {reference:.0f} s ({kind}, exit code {detail.split()[0]}); "
+        f"a run over {timeout:.0f} s counts as a hang")
     counts = {"ok": 0, "traceback": 0, "hang": 0}
     codes: dict[str, int] = {}
     failures = []
@@ -193,7 +202,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="mutations per entry point")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entry", nargs="+", default=list(ENTRIES), choices=ENTRIES)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run counts as a hang")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run counts as a hang (at "
+                        "least 5 times what the unmutated file takes)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the failing mutations in this folder")
     parser.add_argument("--start", type=int, default=0, help="first mutation index (split a run over processes)")
     parser.add_argument("--verbose", action="store_true", help="print every mutation's outcome")

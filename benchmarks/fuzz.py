@@ -163,7 +163,7 @@ def preload() -> None:
 
 
 def fuzz(entry: str, base: Path, count: int, seed: int, folder: Path, timeout: float,
-         log=print, start: int = 0, verbose: bool = False) -> dict:
+         log=print, start: int = 0, verbose: bool = False, only: list[int] | None = None) -> dict:
     """`count` mutations of `base` through `entry`; counts of outcomes and the failures' first lines."""
     preload()
     data = base.read_bytes()
@@ -178,7 +178,7 @@ def fuzz(entry: str, base: Path, count: int, seed: int, folder: Path, timeout: f
     counts = {"ok": 0, "traceback": 0, "hang": 0}
     codes: dict[str, int] = {}
     failures = []
-    for i in range(start, start + count):
+    for i in (only if only else range(start, start + count)):
         rng = np.random.default_rng([seed, ENTRIES.index(entry), i])
         where = "header" if i % 2 == 0 else "payload"
         path = folder / f"{entry}_{i:04d}.mp4"
@@ -194,7 +194,7 @@ def fuzz(entry: str, base: Path, count: int, seed: int, folder: Path, timeout: f
         else:
             failures.append((i, where, kind, detail))
             log(f"  {entry} #{i} ({where}): {kind}\n    " + "\n    ".join(detail.strip().splitlines()[-3:]))
-    return {"entry": entry, "count": count, **counts, "exit_codes": codes, "failures": failures}
+    return {"entry": entry, "count": len(only) if only else count, **counts, "exit_codes": codes, "failures": failures}
 
 
 def main() -> None:
@@ -207,6 +207,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the failing mutations in this folder")
     parser.add_argument("--start", type=int, default=0, help="first mutation index (split a run over processes)")
     parser.add_argument("--verbose", action="store_true", help="print every mutation's outcome")
+    parser.add_argument("--only", type=lambda text: [int(x) for x in text.split(",")], default=None,
+                        help="run only these mutation indices (comma-separated), e.g. to rerun failures")
     args = parser.parse_args()
     import torch
 
@@ -223,7 +225,7 @@ def main() -> None:
         for entry in args.entry:
             start = time.perf_counter()
             result = fuzz(entry, base, args.count, args.seed, folder, args.timeout, start=args.start,
-                          verbose=args.verbose)
+                          verbose=args.verbose, only=args.only)
             result["seconds"] = time.perf_counter() - start
             rows.append(result)
             print(f"{entry}: {result['count']} mutations, {result['traceback']} tracebacks, {result['hang']} hangs, "

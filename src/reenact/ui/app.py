@@ -13,7 +13,7 @@ from reenact.ui import study as study_page
 from reenact.ui import subjects as subjects_page
 from reenact.ui import verify as verify_page
 from reenact.ui.jobs import Jobs
-from reenact.ui.server import UIConfig
+from reenact.ui.config import UIConfig
 
 CSS = """
 .reenact-status { padding: 0.5em 0.8em; border-radius: 6px; font-family: monospace; white-space: pre-wrap;

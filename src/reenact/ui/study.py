@@ -7,7 +7,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from reenact.errors import ReenactError
 from reenact.study import check_plan, run_study
 from reenact.ui.jobs import safe_name, status
 

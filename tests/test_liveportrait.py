@@ -147,3 +147,140 @@ def test_kalman_matches_official_smooth(ref, var):
     seq = ref["kalman_in"]
     out = lp.KalmanSmoother(var).smooth(seq)
     np.testing.assert_allclose(out, ref[f"kalman_out_{var:g}"][:, 0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the official folder and the CLI
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """Random weights made with our module classes, saved as the official folder (`module.` keys and all)."""
+    folder = tmp_path_factory.mktemp("liveportrait")
+    model = lp.LivePortrait()
+    torch.manual_seed(0)
+    with torch.no_grad():  # random, but sane: the deterministic formula, then a random jitter
+        lp.fill_deterministic(model)
+        for p in model.parameters():
+            p.mul_(1 + 0.05 * torch.randn_like(p))
+    return lp.save_folder(model, folder)
+
+
+def test_official_folder_loads_strictly_and_safely(weights):
+    obj = torch.load(weights / lp.RETARGETING_FILE, weights_only=True)
+    assert set(obj) == {"retarget_shoulder", "retarget_mouth", "retarget_eye"}
+    assert all(k.startswith("module.mlp.") for part in obj.values() for k in part)
+    base = torch.load(weights / lp.BASE_FILES["motion_extractor"], weights_only=True)
+    assert "detector.fc_kp.weight" in base
+    model = lp.load_folder(weights)
+    saved = torch.load(weights / lp.BASE_FILES["spade_generator"], weights_only=True)
+    assert torch.equal(model.spade_generator.state_dict()["up_1.conv_s.weight_orig"], saved["up_1.conv_s.weight_orig"])
+
+
+def _link_folder(src: Path, dst: Path) -> Path:
+    for rel in [*lp.BASE_FILES.values(), lp.RETARGETING_FILE]:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).symlink_to(src / rel)
+    return dst
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def _run(*args: str):
+    from typer.testing import CliRunner
+
+    from reenact.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("fault", ["missing", "shape", "pickle", "not_a_dict"])
+def test_wrong_folder_is_one_line_exit_2(weights, tmp_path, example_portrait, example_driver, fault):
+    bad = _link_folder(weights, tmp_path / "bad")
+    if fault == "missing":
+        path = bad / lp.RETARGETING_FILE
+        path.unlink()
+    elif fault == "shape":
+        path = bad / lp.BASE_FILES["appearance_feature_extractor"]
+        state = torch.load(weights / lp.BASE_FILES["appearance_feature_extractor"], weights_only=True)
+        state["second.weight"] = torch.zeros(512, 128, 1, 1)
+        path.unlink()
+        torch.save(state, path)
+    elif fault == "pickle":
+        path = bad / lp.BASE_FILES["warping_module"]
+        path.unlink()
+        torch.save({"x": _Evil()}, path)
+    else:
+        path = bad / lp.BASE_FILES["spade_generator"]
+        path.unlink()
+        torch.save([torch.zeros(1)], path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _run("animate", str(example_portrait), str(example_driver), "-o", str(out_dir / "o.mp4"),
+                  "--backend", "liveportrait", "--checkpoint", str(bad))
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert len(text.splitlines()) == 1 and "Traceback" not in text and str(path) in text, text
+    assert "this would run code" not in result.output
+    assert list(out_dir.iterdir()) == []
+
+
+def test_offline_says_where_to_put_the_files(monkeypatch, tmp_path):
+    from reenact import models
+
+    monkeypatch.setenv("REENACT_CACHE", str(tmp_path))
+    with pytest.raises(ReenactError, match="models fetch liveportrait") as err:
+        models.resolve_liveportrait(None)
+    assert "huggingface.co/KwaiVGI/LivePortrait" in str(err.value)
+    assert models.model_path("liveportrait") == tmp_path / "models" / "liveportrait"
+    assert models.model_path("liveportrait-spade") == tmp_path / "models" / "liveportrait" / lp.BASE_FILES[
+        "spade_generator"]
+    listed = _run("models", "list")
+    assert "liveportrait-motion" in listed.output and "MIT" in listed.output
+
+
+def _short_driver(example_driver: Path, path: Path, frames: int = 3) -> Path:
+    import av
+
+    with av.open(str(example_driver)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        for i, frame in enumerate(src.decode(video=0)):
+            if i == frames:
+                break
+            if i == 0:
+                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
+            for p in stream.encode(frame):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    return path
+
+
+@pytest.mark.slow
+def test_animate_and_make_with_official_folder(weights, tmp_path, example_portrait, example_driver):
+    """The official layout runs through `reenact animate --backend liveportrait` and `reenact make` unchanged."""
+    import av
+
+    driver = _short_driver(example_driver, tmp_path / "drv.mp4")
+    out = tmp_path / "anim.mp4"
+    result = _run("animate", str(example_portrait), str(driver), "-o", str(out), "--backend", "liveportrait",
+                  "--checkpoint", str(weights), "--motion", "expression", "--smooth", "1e-6")
+    assert result.exit_code == 0, result.output
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].frames == 3
+    consent = tmp_path / "consent.txt"
+    consent.write_text("I agree to the synthesis of my likeness for research. Signed: Test Subject")
+    root = tmp_path / "subjects"
+    from reenact.subject import create_subject
+
+    create_subject("bob", example_portrait, consent, root=root, signer="Bob B.")  # portrait only: no voice model
+    out = tmp_path / "made.mp4"
+    result = _run("make", "--subject", "bob", "--driver", str(driver), "-o", str(out), "--backend", "liveportrait",
+                  "--checkpoint", str(weights), "--no-measure", "--subjects-dir", str(root))
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["backends"]["motion"] == "liveportrait" and report["settings"]["size"] == 512

@@ -102,7 +102,8 @@ class Opt:
     """The options `animate` and `make` share: defined once, so their defaults and help cannot drift apart."""
 
     backend = typer.Option("landmark", help="Motion backend: landmark (default, no weights needed), lia (LIA weights: "
-                                "`reenact models list`).")
+                                "`reenact models list`) or liveportrait (512 px; --checkpoint: its official weights "
+                                "folder).")
     size = typer.Option("auto", help="Face crop size the backend works at: 256, 512, or auto (the backend chooses: the "
                              "landmark backend takes 512 when the portrait's face crop is 384 px or more, so a large face is "
                              "not blown up from 256; neural backends take their checkpoint's size).")
@@ -114,12 +115,21 @@ class Opt:
     visible_label = typer.Option(True, "--visible-label/--no-visible-label", help="Draw the 'AI-generated' corner "
                                      "badge. Switching it off (for studies that need unlabelled stimuli) is recorded in the "
                                      "signed manifest; the invisible watermarks and the manifest are always added.")
-    checkpoint = typer.Option(None, help="Neural backends: checkpoint file or registry name (see `reenact models "
-                                   "list`).")
-    motion = typer.Option(None, help="LIA: 'relative' (default: motion measured from the reference frame) or "
-                               "'absolute' (for a driver of another framing).")
-    dtype = typer.Option(None, help="Neural motion backends: float32 (default) or bfloat16.")
+    checkpoint = typer.Option(None, help="Neural backends: checkpoint file (lia), weights folder (liveportrait) or "
+                                   "registry name (see `reenact models list`).")
+    motion = typer.Option(None, help="Which of the driver's motion to transfer: all (default), expression (the "
+                               "source's head stays still), pose (its face keeps its expression), lips or eyes "
+                               "(LivePortrait's animation_region; landmark and liveportrait backends). LIA: all (= "
+                               "relative, motion measured from the reference frame) or absolute (for a driver of "
+                               "another framing); 'relative' is still accepted.")
+    dtype = typer.Option(None, help="Neural motion backends: float32 (default on a CPU) or bfloat16 (faster on CPUs "
+                              "with AVX512-BF16/AMX); liveportrait on CUDA: float16 by default, as the official code.")
     device = typer.Option(None, help="Neural motion backends: cpu or cuda (default: cuda when available).")
+    stitching = typer.Option(None, "--stitching/--no-stitching", help="liveportrait: stitching, so the pasted-back "
+                                  "face does not slide against the shoulders (default on).")
+    smooth = typer.Option(None, min=0.0, help="liveportrait: smooth the driver's motion over time with the official "
+                               "Kalman smoother; the value is its observation variance (official default 3e-7, larger "
+                               "is smoother; 1e-5 is strong).")
 
 
 class Reference(str, Enum):
@@ -148,6 +158,8 @@ def animate(
     motion: Optional[str] = Opt.motion,
     dtype: Optional[str] = Opt.dtype,
     device: Optional[str] = Opt.device,
+    stitching: Optional[bool] = Opt.stitching,
+    smooth: Optional[float] = Opt.smooth,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Animate a portrait with a driver video's motion and write an MP4 with the driver's sound."""
@@ -156,7 +168,7 @@ def animate(
 
     _setup_logging(verbose)
     config = animate_config(backend, size, reference, driver_face_index, crf, visible_label, checkpoint, motion,
-                             dtype, device, face_index=face_index, paste_back=paste_back)
+                            dtype, device, stitching, smooth, face_index=face_index, paste_back=paste_back)
     with progress_display() as progress:
         result = run(source, driver, output, config, progress=progress)
     err.print(f"wrote {result.output} ({result.frames} frames, {float(result.fps):.3g} fps, "
@@ -379,6 +391,8 @@ def make(
     motion: Optional[str] = Opt.motion,
     dtype: Optional[str] = Opt.dtype,
     device: Optional[str] = Opt.device,
+    stitching: Optional[bool] = Opt.stitching,
+    smooth: Optional[float] = Opt.smooth,
     voice_device: Optional[str] = typer.Option(None, help="so-vits-svc voice: cpu or cuda (default: cuda if present)."),
     voice_dtype: Optional[str] = typer.Option(None, help="so-vits-svc voice: float32 (default), or bfloat16 (about "
                                               "1.6x faster on CPUs with AMX/AVX512-BF16; 0.5% RMS from float32)."),
@@ -394,7 +408,7 @@ def make(
 
     _setup_logging(verbose)
     config = MakeConfig(animate=animate_config(backend, size, reference, driver_face_index, crf, visible_label,
-                                                checkpoint, motion, dtype, device),
+                                               checkpoint, motion, dtype, device, stitching, smooth),
                         transpose=transpose, measure=measure,
                         voice_options={"device": voice_device, "dtype": voice_dtype, "seed": seed})
     with progress_display() as progress:

@@ -42,6 +42,7 @@ class ModelInfo:
     sha256: str | None = None
     size: int | None = None  # bytes, where known
     suffix: str = ".pt"
+    path: str | None = None  # where in the cache, when not <name><suffix> (files of a model folder)
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -78,6 +79,26 @@ MODELS: dict[str, ModelInfo] = {
 }
 ALIASES = {"vox": "lia-vox", "taichi": "lia-taichi", "ted": "lia-ted"}
 
+# LivePortrait: one folder of five files, in the official layout (pretrained_weights/liveportrait/).
+LIVEPORTRAIT_PAGE = "https://huggingface.co/KwaiVGI/LivePortrait"
+LIVEPORTRAIT_LICENSE = ("MIT (KwaiVGI/LivePortrait, Guo et al. 2024); its InsightFace face detector, which reenact "
+                        "does not use, is non-commercial")
+LIVEPORTRAIT_FILES = {
+    "appearance": ("base_models/appearance_feature_extractor.pth", "appearance feature extractor F (0.8 M params)"),
+    "motion": ("base_models/motion_extractor.pth", "motion extractor M, ConvNeXt-V2 tiny (28 M params)"),
+    "warping": ("base_models/warping_module.pth", "warping module W (46 M params)"),
+    "spade": ("base_models/spade_generator.pth", "SPADE generator G, 512 px (55 M params)"),
+    "retargeting": ("retargeting_models/stitching_retargeting_module.pth", "stitching, eye and lip MLPs (0.2 M)"),
+}
+for _key, (_rel, _what) in LIVEPORTRAIT_FILES.items():
+    MODELS[f"liveportrait-{_key}"] = ModelInfo(
+        f"liveportrait-{_key}", f"LivePortrait (humans) {_what}",
+        f"{HF}/KwaiVGI/LivePortrait/resolve/main/liveportrait/{_rel}",
+        f"{LIVEPORTRAIT_PAGE} (file liveportrait/{_rel})", LIVEPORTRAIT_LICENSE, suffix=".pth",
+        path=f"liveportrait/{_rel}")
+# a name that stands for several files: `reenact models fetch liveportrait` gets them all
+GROUPS = {"liveportrait": [f"liveportrait-{k}" for k in LIVEPORTRAIT_FILES]}
+
 
 def cache_dir() -> Path:
     """The folder checkpoints are cached in (not created here)."""
@@ -101,8 +122,10 @@ def get_model(name: str) -> ModelInfo:
 
 def model_path(name: str | ModelInfo) -> Path:
     """Where a model's checkpoint is (or would be) cached."""
+    if isinstance(name, str) and name in GROUPS:
+        return cache_dir() / "models" / name
     info = name if isinstance(name, ModelInfo) else get_model(name)
-    return cache_dir() / "models" / f"{info.name}{info.suffix}"
+    return cache_dir() / "models" / (info.path or f"{info.name}{info.suffix}")
 
 
 def list_models() -> list[tuple[ModelInfo, Path, bool]]:
@@ -118,8 +141,13 @@ def fetch(name: str | ModelInfo, progress: Callable[[int, int | None], None] | N
           force: bool = False, timeout: float = 30.0) -> Path:
     """Download a model into the cache (resuming a partial download); return its path.
 
-    `progress(done_bytes, total_bytes_or_None)` is called as data arrives.
+    `progress(done_bytes, total_bytes_or_None)` is called as data arrives. A group name
+    (`liveportrait`) fetches each of its files and returns their folder.
     """
+    if isinstance(name, str) and name in GROUPS:
+        for member in GROUPS[name]:
+            fetch(member, progress, force, timeout)
+        return model_path(name)
     info = name if isinstance(name, ModelInfo) else get_model(name)
     path = model_path(info)
     if path.is_file() and not force:
@@ -164,6 +192,29 @@ def fetch(name: str | ModelInfo, progress: Callable[[int, int | None], None] | N
     os.replace(partial, path)
     log.info("saved %s (%d bytes)", path, path.stat().st_size)
     return path
+
+
+def resolve_liveportrait(spec: str | Path | None) -> Path | str:
+    """The LivePortrait weights folder: a folder path, `liveportrait` / None (the cache), or 'deterministic'."""
+    if str(spec) == "deterministic":
+        return "deterministic"
+    if spec is None or str(spec) == "liveportrait":
+        folder = model_path("liveportrait")
+        missing = [m for m in GROUPS["liveportrait"] if not model_path(m).is_file()]
+        if missing:
+            files = ", ".join(LIVEPORTRAIT_FILES[m.split("-", 1)[1]][0] for m in missing)
+            raise ReenactError(f"LivePortrait weights are not downloaded ({files} missing); run `reenact models fetch "
+                               f"liveportrait`, or download the folder liveportrait/ from {LIVEPORTRAIT_PAGE} by hand "
+                               f"and pass it with --checkpoint, or put its files under this folder", folder)
+        return folder
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise ReenactError("LivePortrait takes its weights folder (the one holding base_models/ and "
+                           "retargeting_models/), not a single file", path)
+    raise ReenactError("LivePortrait weights folder not found (pass the official liveportrait/ folder, "
+                       "'liveportrait' for the downloaded one, or 'deterministic')", path)
 
 
 def resolve_checkpoint(spec: str | Path) -> Path | str:

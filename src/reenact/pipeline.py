@@ -117,19 +117,25 @@ def parse_size(value: str | int) -> int | str:
 def backend_options(backend: str, **given: str | None) -> dict:
     """The neural backend options given (None: not given); refused for the landmark backend, which takes none."""
     options = {key: value for key, value in given.items() if value is not None}
-    if options and backend == "landmark":
-        raise ReenactError(f"--{', --'.join(options)} {'applies' if len(options) == 1 else 'apply'} to neural "
+    neural = [key for key in options if key != "motion"]  # --motion regions apply to the landmark backend too
+    if neural and backend == "landmark":
+        raise ReenactError(f"--{', --'.join(neural)} {'applies' if len(neural) == 1 else 'apply'} to neural "
                            "backends, not the landmark backend")
+    if backend == "landmark" and options.get("motion") in ("relative", "absolute"):
+        raise ReenactError("--motion relative|absolute is LIA's mode; the landmark backend takes all, expression, "
+                           "pose, lips or eyes")
     return options
 
 
 def animate_config(backend: str = "landmark", size: str | int = "auto", reference: str = "auto",
                    driver_face_index: int = 0, crf: int = 18, visible_label: bool = True,
                    checkpoint: str | None = None, motion: str | None = None, dtype: str | None = None,
-                   device: str | None = None, **more) -> AnimateConfig:
+                   device: str | None = None, stitching: bool | None = None, smooth: float | None = None,
+                   **more) -> AnimateConfig:
     """The AnimateConfig of the options `animate` and `make` share, as the CLI and the web UI take them
     (plus `more` AnimateConfig fields): checked here once for both."""
-    options = backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device)
+    options = backend_options(backend, checkpoint=checkpoint, motion=motion, dtype=dtype, device=device,
+                              stitching=stitching, smooth=smooth)
     return AnimateConfig(backend=backend, size=parse_size(size), reference=reference,
                          driver_face_index=driver_face_index, crf=crf, visible_label=visible_label,
                          backend_options=options, **more)

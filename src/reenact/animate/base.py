@@ -78,6 +78,7 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "landmark": "reenact.animate.landmark:LandmarkBackend",
     "lia": "reenact.animate.lia:LiaBackend",
+    "liveportrait": "reenact.animate.liveportrait:LivePortraitBackend",
 }
 
 

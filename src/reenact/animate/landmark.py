@@ -43,6 +43,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from reenact.animate.base import DriverFrame, SourceFace
+from reenact.animate.regions import normalize_region, restrict_landmarks
 from reenact.errors import ReenactError
 from reenact.face.align import CropConfig
 
@@ -187,6 +188,7 @@ class LandmarkBackend:
         return 512 if face_side >= cls.AUTO_512_SIDE else 256
 
     def __init__(self, size: int = 256, **options) -> None:
+        self.region = normalize_region(options.pop("motion", "all"))  # --motion: which part of the motion
         unknown = set(options) - set(LandmarkConfig.__dataclass_fields__)
         if unknown:
             raise ReenactError(f"unknown landmark backend option(s): {', '.join(sorted(unknown))}")
@@ -233,6 +235,7 @@ class LandmarkBackend:
         self.source = source.image
         self._src = _z(source.landmarks)
         self._ref = _z(reference.landmarks)
+        self._ref_landmarks = reference.landmarks
         # Driver reference -> source face: carries the driver's residual motion into the source frame.
         self._alpha, self._beta = fit_similarity(self._ref[STABLE], self._src[STABLE])
         self._down_src = self._down(self._src)
@@ -371,7 +374,7 @@ class LandmarkBackend:
         return out
 
     def animate_one(self, frame: DriverFrame) -> np.ndarray:
-        target, extra, a = self.targets(frame.landmarks)
+        target, extra, a = self.targets(restrict_landmarks(frame.landmarks, self._ref_landmarks, self.region))
         map_x, map_y = self.warp_map(target, extra)
         if self.config.eye_lids:
             self._close_eyes(map_x, map_y, target, abs(a))

@@ -870,8 +870,10 @@ class LiaBackend:
         if unknown:
             raise ReenactError(f"unknown LIA backend option(s): {', '.join(sorted(unknown))} (it takes checkpoint, "
                                "motion, dtype and device)")
+        motion = "relative" if motion == "all" else motion  # --motion all: the whole motion, LIA's default mode
         if motion not in ("relative", "absolute"):
-            raise ReenactError(f"unknown motion mode {motion!r}; choose relative or absolute")
+            raise ReenactError(f"--motion {motion!r}: LIA transfers the whole motion only; choose all (= relative) "
+                               "or absolute (regions are for the landmark and liveportrait backends)")
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                      "bf16": torch.bfloat16}.get(dtype)

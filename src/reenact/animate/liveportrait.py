@@ -42,6 +42,7 @@ from torch import nn
 
 from reenact.animate.base import DriverFrame, SourceFace
 from reenact.errors import ReenactError
+from reenact.face.align import CropConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ NUM_BINS = 66
 LIP_KP = [6, 12, 14, 17, 19, 20]
 EYE_KP = [11, 13, 15, 16, 18]
 REGIONS = ("all", "exp", "pose", "lip", "eyes")
-REGION_ALIASES = {"expression": "exp", "lips": "lip", "eye": "eyes"}
+OFFICIAL_REGION = {"all": "all", "expression": "exp", "pose": "pose", "lips": "lip", "eyes": "eyes"}  # CLI -> official
 LIP_NORMALIZE_THRESHOLD = 0.03
 
 
@@ -936,16 +937,27 @@ class LivePortraitBackend:
     needs_driver_images = True
     sizes = (512,)
     input_size = 256
+    # the official crop convention (src/config/crop_config.py): box side 2.3x the face, centre moved up
+    # 0.125 of the side (the portrait's; the official driver crop, 2.2x and 0.1, is close: one crop serves both)
+    crop = CropConfig(scale=2.3, shift_y=-0.125)
+
+    @classmethod
+    def auto_size(cls, face_side: float, options: dict) -> int:
+        return 512
 
     def __init__(self, size: int = 512, checkpoint: str | Path | None = None, motion: str = "all",
                  dtype: str | torch.dtype | None = None, device: str | None = None, stitching: bool = True,
                  eye_retargeting: bool = False, lip_retargeting: bool = False, smooth: float = 0.0,
-                 multiplier: float = 1.0, **_: object):
+                 multiplier: float = 1.0, **unknown: object):
         from reenact.models import resolve_liveportrait
 
-        region = REGION_ALIASES.get(motion, motion)
-        if region not in REGIONS:
-            raise ReenactError(f"--motion for liveportrait must be all, expression, pose, lips or eyes, not {motion!r}")
+        if unknown:
+            raise ReenactError(f"unknown liveportrait backend option(s): {', '.join(sorted(unknown))} (it takes "
+                               "checkpoint, motion, dtype, device, stitching, smooth)")
+
+        from reenact.animate.regions import normalize_region
+
+        region = OFFICIAL_REGION[normalize_region(motion)]
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype is None:  # CUDA: half precision as the official default; CPU: float32
             dtype = "float16" if device.startswith("cuda") else "float32"
@@ -957,10 +969,6 @@ class LivePortraitBackend:
                                 lip_retargeting=lip_retargeting, smooth=smooth, multiplier=multiplier)
         self.animator = Animator(model, options, device=device, dtype=self.dtype)
         log.info("LivePortrait: %s, region %s, stitching %s, %s on %s", folder, region, stitching, self.dtype, device)
-
-    @classmethod
-    def choose_size(cls, crop_side: float) -> int:
-        return 512
 
     def paste_mask(self) -> np.ndarray:
         """A soft mask of the face region (the official mask_template's shape: an ellipse-like feather)."""

@@ -185,6 +185,34 @@ class SNConv2d(nn.Module):
                         padding=self.padding)
 
 
+def _phase_taps(p: int, f: int) -> list[tuple[int, list[int]]]:
+    """For output phase p of an f-times nearest upsampling read by a 3-tap kernel: (input offset, kernel taps)."""
+    groups: dict[int, list[int]] = {}
+    for d in (-1, 0, 1):
+        groups.setdefault((p + d) // f, []).append(d + 1)
+    return sorted(groups.items())
+
+
+def upsampled_conv3x3(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, f: int) -> torch.Tensor:
+    """conv2d(interpolate(x, scale_factor=f, mode='nearest'), w, b, padding=1) for a 3x3 `w`, computed at x's
+    resolution: each of the f*f output phases is a small conv of x whose taps are w's taps summed where they
+    read the same input pixel (2.25 instead of 9 taps per output pixel at f = 4, 4 at f = 2)."""
+    bsz, _, h, wd = x.shape
+    out = x.new_empty(bsz, w.shape[0], h * f, wd * f)
+    xp = F.pad(x, (1, 1, 1, 1))
+    for py in range(f):
+        rows = _phase_taps(py, f)
+        kr = torch.stack([w[:, :, taps].sum(2) for _, taps in rows], 2)  # (O, I, len(rows), 3)
+        r0, r1 = rows[0][0], rows[-1][0]
+        for px in range(f):
+            cols = _phase_taps(px, f)
+            k = torch.stack([kr[..., taps].sum(3) for _, taps in cols], 3)
+            c0, c1 = cols[0][0], cols[-1][0]
+            window = xp[:, :, 1 + r0:1 + h + r1, 1 + c0:1 + wd + c1]
+            out[:, :, py::f, px::f] = F.conv2d(window, k, b)
+    return out
+
+
 class SPADE(nn.Module):
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128):
         super().__init__()
@@ -192,11 +220,13 @@ class SPADE(nn.Module):
         self.mlp_gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
         self.mlp_beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
 
-    def forward(self, x, seg):
+    def forward(self, x, seg, actv: torch.Tensor | None = None):
+        """`actv`: mlp_shared(seg at x's size), when the caller computed it already."""
         normalized = F.instance_norm(x)
-        if seg.shape[2:] != x.shape[2:]:
-            seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
-        actv = self.mlp_shared(seg)
+        if actv is None:
+            if seg.shape[2:] != x.shape[2:]:
+                seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
+            actv = self.mlp_shared(seg)
         return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
 
 
@@ -214,10 +244,15 @@ class SPADEResnetBlock(nn.Module):
         if self.learned_shortcut:
             self.norm_s = SPADE(fin, label_nc)
 
-    def forward(self, x, seg):
-        x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+    def norms(self) -> list[SPADE]:
+        return [self.norm_0, self.norm_1] + ([self.norm_s] if self.learned_shortcut else [])
+
+    def forward(self, x, seg, actv: Sequence[torch.Tensor] | None = None):
+        """`actv`: the mlp_shared outputs of norm_0, norm_1 (, norm_s), when the caller computed them already."""
+        a0, a1, a_s = (list(actv) + [None])[:3] if actv is not None else (None, None, None)
+        x_s = self.conv_s(self.norm_s(x, seg, a_s)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg, a0), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg, a1), 0.2))
         return x_s + dx
 
 
@@ -429,6 +464,35 @@ class SPADEDecoder(nn.Module):
             x = getattr(self, f"G_middle_{i}")(x, seg)
         x = self.up_0(F.interpolate(x, scale_factor=2), seg)
         x = self.up_1(F.interpolate(x, scale_factor=2), seg)
+        return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2)))
+
+    def blocks(self) -> list[tuple[SPADEResnetBlock, int]]:
+        """(block, upsampling of seg it reads at) in order."""
+        return [(getattr(self, f"G_middle_{i}"), 1) for i in range(6)] + [(self.up_0, 2), (self.up_1, 4)]
+
+    def fast_forward(self, feature: torch.Tensor) -> torch.Tensor:
+        """The same as forward, faster: the SPADE layers' mlp_shared convs depend on the warped feature only,
+        so those reading the same resolution run as one conv, and at 128 and 256 px they are computed at 64 px
+        by `upsampled_conv3x3` instead of on a nearest-upsampled copy (about 100 of 890 GFLOP saved)."""
+        if not hasattr(self, "_shared"):
+            groups: dict[int, list[SPADE]] = {}
+            for block, f in self.blocks():
+                groups.setdefault(f, []).extend(block.norms())
+            self._shared = {f: (torch.cat([n.mlp_shared[0].weight for n in ns]).detach(),
+                                torch.cat([n.mlp_shared[0].bias for n in ns]).detach(), len(ns))
+                            for f, ns in groups.items()}
+        seg = feature
+        actv = {}
+        for f, (w, b, n) in self._shared.items():
+            w, b = w.to(seg.dtype), b.to(seg.dtype)
+            a = F.conv2d(seg, w, b, padding=1) if f == 1 else upsampled_conv3x3(seg, w, b, f)
+            actv[f] = list(torch.chunk(F.relu_(a), n, dim=1))
+        x = self.fc(feature)
+        for block, f in self.blocks():
+            mine = [actv[f].pop(0) for _ in block.norms()]
+            if f > 1:
+                x = F.interpolate(x, scale_factor=2)
+            x = block(x, seg, mine)
         return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2)))
 
 
@@ -887,7 +951,7 @@ class Animator:
         with self._autocast():
             f_s = s["f_s"].expand(b, -1, -1, -1, -1)
             ret = self.model.warping_module(f_s, kp_driving=x_d, kp_source=s["x_s"].expand(b, -1, -1))
-            ret["out"] = self.model.spade_generator(ret["out"].contiguous(memory_format=self.mf))
+            ret["out"] = self.model.spade_generator.fast_forward(ret["out"].contiguous(memory_format=self.mf))
         return {k: v.float() for k, v in ret.items() if v is not None}
 
     @torch.inference_mode()

@@ -842,9 +842,10 @@ def compose(kp: torch.Tensor, motion: dict[str, torch.Tensor]) -> torch.Tensor:
 class Animator:
     """Batched LivePortrait inference, the source and reference computed once.
 
-    `set_source(img, landmarks)` caches the feature volume f_s, the keypoint info, x_s and the lip
-    normalisation; `set_reference(img)` the reference frame's keypoint info; `__call__(imgs, landmarks)`
-    animates a batch of driver crops (B, 3, 256, 256) in [0, 1] and returns (B, 3, 512, 512) in [0, 1].
+    `set_source(img, eye_ratio, lip_ratio)` caches the feature volume f_s, the keypoint info, x_s and the
+    lip normalisation; `set_reference(img)` the reference frame's keypoint info; `__call__(imgs, eye_ratios,
+    lip_ratios)` animates a batch of driver crops (B, 3, 256, 256) in [0, 1] and returns (B, 3, 512, 512)
+    in [0, 1] (the motion extractor sees the whole batch; warping and the generator `chunk` frames at a time).
     `dtype` bfloat16 (CPU) or float16 (CUDA) runs the networks under autocast; the keypoint arithmetic
     stays float32.
     """
@@ -1035,10 +1036,10 @@ class LivePortraitBackend:
         log.info("LivePortrait: %s, region %s, stitching %s, %s on %s", folder, region, stitching, self.dtype, device)
 
     def paste_mask(self) -> np.ndarray:
-        """A soft mask of the face region (the official mask_template's shape: an ellipse-like feather)."""
+        """The official mask_template.png's shape: the whole crop, fading to 0 over its outer 16 px of 512."""
         from reenact.face.align import crop_mask
 
-        return crop_mask(self.size)
+        return crop_mask(self.size, band=16 / 512)
 
     def prepare(self, source: SourceFace, reference: DriverFrame) -> None:
         lm = source.landmarks

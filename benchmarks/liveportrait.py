@@ -67,7 +67,7 @@ def crops(portrait: Path, driver: Path) -> tuple[np.ndarray, np.ndarray, list[np
     out, lms = [], []
     for frame in iter_frames(driver, probe(driver).fps):
         f = det.detect(frame)[0]
-        c = Crop.from_box(face_box(f.landmarks, B.driver_crop), 256)
+        c = Crop.from_box(face_box(f.landmarks, B.crop), 256)
         out.append(c.apply(frame))
         lms.append(c.to_crop(f.landmarks))
     return src_crop.apply(image), np.stack(out), lms

@@ -35,14 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from reenact.animate.base import DriverFrame, SourceFace
+from reenact.animate.regions import normalize_region
 from reenact.errors import ReenactError
-from reenact.face.align import CropConfig
+from reenact.face.align import CropConfig, crop_mask
+from reenact.files import atomic_write
+from reenact.models import resolve_liveportrait
 
 log = logging.getLogger(__name__)
 
@@ -611,14 +615,16 @@ def fill_deterministic(model: LivePortrait) -> LivePortrait:
 
 
 def save_folder(model: LivePortrait, folder: str | Path) -> Path:
-    """Write the official layout (base_models/*.pth, retargeting_models/...pth with `module.` keys)."""
+    """Write the official layout (base_models/*.pth, retargeting_models/...pth with `module.` keys), each file
+    atomically (a temporary file, then renamed)."""
     folder = Path(folder)
-    for part, rel in BASE_FILES.items():
+    files = {rel: getattr(model, part).state_dict() for part, rel in BASE_FILES.items()}
+    files[RETARGETING_FILE] = {key: {f"module.{k}": v for k, v in getattr(model, part).state_dict().items()}
+                               for part, key in RETARGETING_KEYS.items()}
+    for rel, obj in files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(getattr(model, part).state_dict(), folder / rel)
-    (folder / RETARGETING_FILE).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({key: {f"module.{k}": v for k, v in getattr(model, part).state_dict().items()}
-                for part, key in RETARGETING_KEYS.items()}, folder / RETARGETING_FILE)
+        with atomic_write(folder / rel) as tmp:
+            torch.save(obj, tmp)
     return folder
 
 
@@ -968,8 +974,6 @@ class Animator:
 
 def to_tensor(images: np.ndarray | Sequence[np.ndarray], size: int = 256) -> torch.Tensor:
     """(B, S, S, 3) uint8 RGB -> (B, 3, 256, 256) float in [0, 1] (resized with cv2 INTER_AREA if S != 256)."""
-    import cv2
-
     images = [np.asarray(x) for x in images]
     images = [x if x.shape[0] == size else cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA)
               for x in images]
@@ -1014,13 +1018,9 @@ class LivePortraitBackend:
                  dtype: str | torch.dtype | None = None, device: str | None = None, stitching: bool = True,
                  eye_retargeting: bool = False, lip_retargeting: bool = False, smooth: float = 0.0,
                  multiplier: float = 1.0, **unknown: object):
-        from reenact.models import resolve_liveportrait
-
         if unknown:
             raise ReenactError(f"unknown liveportrait backend option(s): {', '.join(sorted(unknown))} (it takes "
                                "checkpoint, motion, dtype, device, stitching, smooth)")
-
-        from reenact.animate.regions import normalize_region
 
         region = OFFICIAL_REGION[normalize_region(motion)]
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -1037,8 +1037,6 @@ class LivePortraitBackend:
 
     def paste_mask(self) -> np.ndarray:
         """The official mask_template.png's shape: the whole crop, fading to 0 over its outer 16 px of 512."""
-        from reenact.face.align import crop_mask
-
         return crop_mask(self.size, band=16 / 512)
 
     def prepare(self, source: SourceFace, reference: DriverFrame) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reenact.errors import ReenactError
+
 REGIONS = ("all", "expression", "pose", "lips", "eyes")
 _ALIASES = {"exp": "expression", "lip": "lips", "eye": "eyes", "face": "expression", "head": "pose"}
 STABLE = [27, 28, 29, 30, 31, 33, 35, 36, 39, 42, 45]  # nose bridge and base, eye corners
@@ -32,8 +34,6 @@ def normalize_region(value: str) -> str:
     """A region name as the CLI spells it (official names accepted too)."""
     region = _ALIASES.get(value, value)
     if region not in REGIONS:
-        from reenact.errors import ReenactError
-
         raise ReenactError(f"--motion must be one of {', '.join(REGIONS)}, not {value!r}")
     return region
 

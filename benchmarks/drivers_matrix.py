@@ -3,7 +3,9 @@ driver's frame count (within one), frame rate and audio? Plus identity and motio
 
     python benchmarks/drivers_matrix.py [--portraits biden.jpg obama.jpg ...] [--backend landmark]
 
-Prints a markdown table (one row per run) and a summary line.
+Prints a markdown table (one row per run: identity median, mouth / eye-opening / yaw / pitch
+correlation with the driver, yaw and pitch gain (output spread over driver spread), jitter ratio)
+and summary lines (medians, worst cases, against issue 18's targets).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 
@@ -27,6 +30,24 @@ def streams(path: Path) -> tuple[int, float, float | None, float]:
         n = sum(1 for _ in c.decode(v))
         dur = c.duration / av.time_base if c.duration else 0.0
         return n, float(v.guessed_rate or v.average_rate), (float(a.duration * a.time_base) if a is not None else None), dur
+
+
+def _median(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.median(values)) if values else None
+
+
+def summary(rows: list[dict]) -> str:
+    """Medians and worst cases of the motion measures, against issue 18's targets."""
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"
+    mouth = [r["mouth_r"] for r in rows if r["mouth_r"] is not None]
+    lines = [f"median: mouth r {fmt(_median(rows, 'mouth_r'))}, eyes r {fmt(_median(rows, 'eyes_r'))} (target >= 0.7), "
+             f"yaw r {fmt(_median(rows, 'yaw_r'))}, pitch r {fmt(_median(rows, 'pitch_r'))}, "
+             f"yaw gain {fmt(_median(rows, 'yaw_gain'))} (target >= 0.7), pitch gain {fmt(_median(rows, 'pitch_gain'))}, "
+             f"jitter ratio {fmt(_median(rows, 'jitter_ratio'))}, identity {fmt(_median(rows, 'identity_median'))}",
+             f"mouth r >= 0.85 on {sum(m >= 0.85 for m in mouth)}/{len(rows)} pairs (lowest {fmt(min(mouth) if mouth else None)}); "
+             f"identity <= 0.35 on {sum(r['identity_median'] <= 0.35 for r in rows)}/{len(rows)}"]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -43,8 +64,9 @@ def main() -> int:
 
     drivers = sorted((ASSETS / "drivers").iterdir()) if not args.drivers else [ASSETS / "drivers" / d for d in args.drivers]
     rows = []
-    print("| driver | portrait | frames in/out | fps in/out | audio in/out (s) | fps made | identity median | mouth r | eyes r |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| driver | portrait | frames in/out | fps in/out | audio in/out (s) | fps made | identity median "
+          "| mouth r | eyes r | yaw r | pitch r | yaw gain | pitch gain | jitter ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for driver in drivers:
             n_in, fps_in, a_in, _ = streams(driver)
@@ -60,16 +82,23 @@ def main() -> int:
                 row = dict(driver=driver.name, portrait=name, frames_in=n_in, frames_out=n_out, fps_in=fps_in,
                            fps_out=fps_out, audio_in=a_in, audio_out=a_out, ok=ok, fps_made=n_out / seconds,
                            identity_median=measures["identity"]["median"],
-                           mouth_r=measures["motion"]["mouth_corr"], eyes_r=measures["motion"]["eyes_corr"])
+                           mouth_r=measures["motion"]["mouth_corr"], eyes_r=measures["motion"]["eyes_corr"],
+                           yaw_r=measures["motion"]["yaw_corr"], pitch_r=measures["motion"]["pitch_corr"],
+                           yaw_gain=measures["motion"]["yaw_gain"], pitch_gain=measures["motion"]["pitch_gain"],
+                           mouth_gain=measures["motion"]["mouth_gain"], eyes_gain=measures["motion"]["eyes_gain"],
+                           jitter_ratio=measures["jitter"]["ratio"])
                 rows.append(row)
                 fmt = lambda x: "-" if x is None else f"{x:.2f}"
                 print(f"| {driver.name} | {name} | {n_in}/{n_out} | {fps_in:.3g}/{fps_out:.3g} | {fmt(a_in)}/{fmt(a_out)} "
-                      f"| {row['fps_made']:.1f} | {row['identity_median']:.3f} | {fmt(row['mouth_r'])} | {fmt(row['eyes_r'])} |",
+                      f"| {row['fps_made']:.1f} | {row['identity_median']:.3f} | {fmt(row['mouth_r'])} | {fmt(row['eyes_r'])} "
+                      f"| {fmt(row['yaw_r'])} | {fmt(row['pitch_r'])} | {fmt(row['yaw_gain'])} | {fmt(row['pitch_gain'])} "
+                      f"| {fmt(row['jitter_ratio'])} |",
                       flush=True)
     good = sum(r["ok"] for r in rows)
     worst = max(r["identity_median"] for r in rows)
     print(f"\n{good}/{len(rows)} outputs decode to the end with the driver's frame count, rate and audio; "
           f"worst identity median {worst:.3f}")
+    print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0 if good == len(rows) else 1

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from reenact.animate.base import BACKENDS, Backend, DriverFrame, SourceFace, create_backend
-from reenact.animate.landmark import LandmarkBackend, fit_similarity, _z
-from reenact.face.pose import eye_opening, mouth_opening
+from reenact.animate.landmark import MEAN_FACE, LandmarkBackend, _lift, _rotate, _z, fit_pose, fit_similarity, swing
+from reenact.face.pose import eye_opening, mouth_opening, yaw
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -58,7 +58,8 @@ def test_registered_and_protocol():
     assert "landmark" in BACKENDS
     backend = create_backend("landmark", size=256)
     assert isinstance(backend, Backend)
-    assert backend.needs_driver_images
+    assert not backend.needs_driver_images  # the mouth is the source's or drawn: landmarks are enough
+    assert create_backend("landmark", size=256, driver_mouth=True).needs_driver_images
 
 
 def test_shape_and_dtype():
@@ -99,7 +100,9 @@ def test_mouth_opening_moves_the_lips_and_fills_the_mouth():
     lips = np.zeros((256, 256), np.uint8)
     cv2.fillPoly(lips, [target[48:60].astype(np.int32)], 1)
     lips = (lips > 0) & ~inside
-    assert out[inside].mean() < 0.7 * out[lips].mean()  # a dark mouth, not stretched lips
+    interior = out[inside].astype(float)
+    assert np.abs(interior.mean(0) - out[lips].mean(0)).max() > 40  # a mouth, not stretched lips
+    assert interior.std() > 25  # teeth and a shaded cavity, not a flat hole
 
 
 def test_mouth_fill_without_driver_images():
@@ -118,7 +121,7 @@ def test_blink_closes_the_eyes():
     for upper, lower in [(37, 41), (38, 40), (43, 47), (44, 46)]:
         shut[upper] = shut[lower] - (0, 1)
     target, _, _ = backend.targets(shut)
-    assert eye_opening(target) < 0.05
+    assert eye_opening(target) < 0.5 * eye_opening(lm)  # the warp narrows the eye; a painted lid closes it
     out = backend.animate([DriverFrame(1, shut, image)])[0]
     for eye in (slice(36, 42), slice(42, 48)):
         box = lm[eye].mean(0).astype(int)
@@ -195,3 +198,98 @@ def test_degenerate_driver_landmarks_do_not_break_the_frame():
     for bad in (np.full_like(lm, 100.0), np.full_like(lm, np.nan), lm * 10):
         out = backend.animate([DriverFrame(1, bad, image)])[0]
         assert np.isfinite(out).all() and np.abs(out.astype(int) - image).mean() < 1.0
+
+
+def _eye_darkness(image: np.ndarray, lm: np.ndarray) -> float:
+    boxes = [lm[eye].mean(0).astype(int) for eye in (slice(36, 42), slice(42, 48))]
+    return float(np.mean([image[y - 2:y + 3, x - 3:x + 4].mean() for x, y in boxes]))
+
+
+def test_closed_eye_driver_gives_a_closed_eye_output_against_its_own_open_baseline():
+    """Eyelids follow the eye aspect ratio relative to the driver's own open eyes, down to fully closed
+    (a painted, skin-coloured lid), whether or not the reference frame had its eyes fully open."""
+    lm = FACE.copy()
+    image = drawn_face(lm)
+    half = lm.copy()  # a reference caught with half-shut eyes
+    for upper, lower in [(37, 41), (38, 40), (43, 47), (44, 46)]:
+        half[upper] = (half[upper] + half[lower]) / 2 - (0, 0.5)
+    backend = LandmarkBackend(size=256)
+    backend.prepare(SourceFace(image, lm), DriverFrame(0, half))
+    opened = backend.animate([DriverFrame(i, lm) for i in range(1, 20)])  # the driver's eyes are usually open
+    assert _eye_darkness(opened[-1], lm) < 80  # the source's eyes stay open
+    shut = lm.copy()
+    for upper, lower in [(37, 41), (38, 40), (43, 47), (44, 46)]:
+        shut[upper] = shut[lower] - (0, 1.5)  # dlib's shut eye: lids close, not quite together
+    closed = backend.animate([DriverFrame(20, shut)])[0]
+    assert _eye_darkness(closed, lm) > 130  # skin, not the dark eye
+    skin = image[int(lm[29, 1]), int(lm[29, 0]) - 20].astype(float)  # cheek skin colour
+    centre = lm[36:42].mean(0).astype(int)
+    assert np.abs(closed[centre[1] - 2, centre[0]] - skin).max() < 40
+
+
+def test_jaw_drop_opens_a_mouth_whose_inner_lips_stay_closed():
+    """A moustache (or a misread inner lip) hides the gap: the lower lip's and chin's drop still open the mouth."""
+    backend, image, lm = prepared()
+    dropped = lm.copy()
+    dropped[[55, 56, 57, 58, 59]] += (0, 14)  # the lower lip's outline and the chin go down ...
+    dropped[5:12] += (0, 10)
+    target, _, _ = backend.targets(dropped)  # ... while the inner-lip points stay together
+    assert mouth_opening(target) > mouth_opening(lm) + 0.12
+    off = LandmarkBackend(size=256, jaw_opening=0.0)
+    off.prepare(SourceFace(image, lm), DriverFrame(0, lm, image))
+    assert mouth_opening(off.targets(dropped)[0]) < mouth_opening(lm) + 0.05
+
+
+def test_drawn_mouth_has_teeth_and_shading_not_a_flat_hole():
+    backend, image, lm = prepared()
+    opened = open_mouth(lm, 18)
+    out = backend.animate([DriverFrame(1, opened)])[0].astype(float)
+    target, _, _ = backend.targets(opened)
+    x = int(target[[62, 66], 0].mean())
+    top, bottom = int(target[62, 1]), int(target[66, 1])
+    column = out[top + 1:bottom - 1, x - 1:x + 2].mean(axis=(1, 2))
+    assert column[:4].max() > 150 and column.min() < 0.5 * column[:4].max()  # teeth, then a darker cavity
+    teeth = out[top + 1:top + 5, x].reshape(-1, 3)
+    assert np.ptp(teeth[teeth.mean(1).argmax()]) < 40  # whitish, not lip-red
+
+
+def test_source_that_shows_its_teeth_keeps_them():
+    """A source whose mouth is open on white teeth: the opened mouth shows those teeth, not drawn ones."""
+    lm = open_mouth(FACE, 8)
+    image = drawn_face(lm)
+    cv2.fillPoly(image, [lm[60:68].astype(np.int32)], (60, 20, 20))
+    cv2.rectangle(image, (int(lm[61, 0]) - 6, int(lm[62, 1])), (int(lm[63, 0]) + 6, int(lm[62, 1]) + 3), (250, 250, 250), -1)
+    backend = LandmarkBackend(size=256)
+    backend.prepare(SourceFace(image, lm), DriverFrame(0, lm))
+    wide = open_mouth(lm, 14)
+    out = backend.animate([DriverFrame(1, wide)])[0]
+    target, _, _ = backend.targets(wide)
+    x, y = int(target[62, 0]), int(target[62, 1])
+    column = out[y:y + 5, x].astype(int)
+    assert column.min(1).max() > 200 and np.ptp(column[column.min(1).argmax()]) < 30  # white, as in the source
+
+
+def test_mean_face_pose_fit_recovers_a_turn():
+    for angle in (-25, -10, 10, 25):
+        r = swing(np.array([np.sin(np.deg2rad(angle)), 0.0, np.cos(np.deg2rad(angle))]))
+        pts = (MEAN_FACE @ r.T)[:, :2] * 60 + 128
+        rot, scale, _ = fit_pose(pts)
+        assert np.abs(rot - r).max() < 0.01 and abs(scale - 60) < 1
+
+
+def test_head_turn_moves_parts_with_parallax():
+    """Yaw is a rotation: the nose tip moves further than the eyes' outer corners, and the output's yaw
+    proxy follows the driver's at nearly full gain (a 2-D warp of the residual reached about 0.4)."""
+    backend, image, lm = prepared()
+    p3, centre, _ = _lift(lm)
+    turned = _rotate(p3, centre, swing(np.array([np.sin(0.35), 0.0, np.cos(0.35)])))
+    driver = np.stack([turned.real, turned.imag], 1).astype(np.float32)
+    target, _, _ = backend.targets(driver)
+    for _ in range(10):  # let the steadiness filter settle
+        target, _, _ = backend.targets(driver)
+    gain = (yaw(target) - yaw(lm)) / (yaw(driver) - yaw(lm))
+    assert 0.8 < gain < 1.2
+    nose, corners = target[30, 0] - lm[30, 0], (target[[36, 45], 0] - lm[[36, 45], 0]).mean()
+    assert abs(nose) > abs(corners) + 3
+    out = backend.animate([DriverFrame(1, driver)])[0]
+    assert np.abs(out[:8].astype(int) - image[:8]).max() <= 2  # the border (and hair above) stays put

@@ -54,6 +54,26 @@ LID_PAIRS = [(37, 41), (38, 40), (43, 47), (44, 46)]  # upper lid, lower lid
 LIP_PAIRS = [(61, 67), (62, 66), (63, 65)]  # upper inner lip, lower inner lip
 INNER_LIPS = list(range(60, 68))
 OUTER_LIPS = list(range(48, 60))
+# A mean face in 3-D, in units of the eye-centre distance, centred between the eyes; x right, y down, z into
+# the image (right-handed). x and y: the mean of near-frontal dlib shapes from the shared drivers and portraits,
+# aligned and mirrored; z: typical soft-tissue depths (mm over a 62 mm eye distance) in front of the inner eye
+# corners, from anthropometric tables (nose tip 32 mm, lips 15-20, chin 10, jaw angle -36, ear level -55).
+MEAN_FACE = np.array([
+    (-1.139, 0.060, 0.887), (-1.119, 0.369, 0.806), (-1.077, 0.670, 0.710), (-1.020, 0.967, 0.581), (-0.915, 1.245, 0.419), (-0.752, 1.490, 0.242),
+    (-0.538, 1.697, 0.081), (-0.289, 1.861, -0.081), (0.000, 1.912, -0.161), (0.289, 1.861, -0.081), (0.538, 1.697, 0.081), (0.752, 1.490, 0.242),
+    (0.915, 1.245, 0.419), (1.020, 0.967, 0.581), (1.077, 0.670, 0.710), (1.119, 0.369, 0.806), (1.139, 0.060, 0.887), (-0.932, -0.192, 0.194),
+    (-0.802, -0.337, 0.032), (-0.604, -0.398, -0.081), (-0.393, -0.389, -0.145), (-0.197, -0.314, -0.177), (0.197, -0.314, -0.177), (0.393, -0.389, -0.145),
+    (0.604, -0.398, -0.081), (0.802, -0.337, 0.032), (0.932, -0.192, 0.194), (0.000, -0.057, -0.161), (0.000, 0.131, -0.258), (0.000, 0.319, -0.371),
+    (0.000, 0.513, -0.516), (-0.228, 0.678, -0.194), (-0.117, 0.714, -0.274), (0.000, 0.744, -0.339), (0.117, 0.714, -0.274), (0.228, 0.678, -0.194),
+    (-0.692, 0.010, 0.194), (-0.571, -0.060, -0.016), (-0.428, -0.064, -0.048), (-0.301, 0.016, 0.000), (-0.433, 0.047, -0.032), (-0.576, 0.051, 0.000),
+    (0.301, 0.016, 0.000), (0.428, -0.064, -0.048), (0.571, -0.060, -0.016), (0.692, 0.010, 0.194), (0.576, 0.051, 0.000), (0.433, 0.047, -0.032),
+    (-0.385, 1.120, -0.097), (-0.246, 1.021, -0.226), (-0.103, 0.968, -0.306), (0.000, 0.997, -0.323), (0.103, 0.968, -0.306), (0.246, 1.021, -0.226),
+    (0.385, 1.120, -0.097), (0.249, 1.239, -0.210), (0.111, 1.298, -0.274), (0.000, 1.309, -0.290), (-0.111, 1.298, -0.274), (-0.249, 1.239, -0.210),
+    (-0.311, 1.118, -0.129), (-0.104, 1.087, -0.258), (0.000, 1.096, -0.290), (0.104, 1.087, -0.258), (0.311, 1.118, -0.129), (0.105, 1.123, -0.242),
+    (0.000, 1.136, -0.274), (-0.105, 1.123, -0.242),
+], np.float64)
+HEAD_CENTRE = np.array([0.0, 0.4, 1.45])  # the head turns about a point behind the eyes (neck pivot)
+POSE_POINTS = list(range(0, 48))  # jaw, brows, nose, eyes: fitted to find the head's 3-D rotation
 LOWER_FACE = np.zeros(68)  # how much each point follows a change of the mouth opening
 LOWER_FACE[[55, 56, 57, 58, 59, 65, 66, 67]] = 1.0
 LOWER_FACE[[6, 7, 8, 9, 10]] = 0.6
@@ -74,13 +94,15 @@ class LandmarkConfig:
     fade: float = 0.1  # border band, as a fraction of the crop, where the warp fades to identity
     smoothing: float = 1e-5  # thin-plate-spline regularisation (in crop-normalised units)
     mouth_fill: bool = True  # fill an opening mouth instead of stretching the lips
-    driver_mouth: bool = True  # fill it from the driver's mouth interior (needs driver images)
+    driver_mouth: bool = False  # fill it from the driver's mouth interior (needs driver images), not drawn / the source's
     mouth_darkness: float = 0.5  # the filled interior's mean brightness at most this times the lips'
-    eye_lids: bool = True  # stretch the upper lid's skin over a shut eye
+    eye_lids: bool = True  # paint a closed lid over a shut eye
+    lid_floor: float = 0.45  # the warp closes the lids to this fraction of their gap at most; paint does the rest
+    lid_stretch: bool = False  # also stretch the upper lid's skin over it in the warp (the earlier method)
     lid_margin: float = 0.2  # the lid skin is taken from this far (times the open lid gap) above the lash line
     lid_skin: float = 1.0  # how tall a band of upper-lid skin (relative to the covered height) is stretched over it
     eye_ratio: bool = True  # eyelids follow the driver's lid gap by ratio (blinks always close)
-    eye_closed: float = 0.45  # the driver's lid gap, over its reference gap, read as a shut eye
+    eye_closed: float = 0.6  # the driver's eye aspect ratio, over its open-eye baseline, read as a shut eye
     max_eye_ratio: float = 1.1  # eyes open at most this much wider than the source's
     jaw: float = 0.3  # gain on the jaw outline's local motion (mostly 2-D shadows of head turns)
     brows: float = 0.5  # gain on the brows' local motion
@@ -88,6 +110,9 @@ class LandmarkConfig:
     eyes: float = 0.25  # gain on the eyes' local motion (lid gaps are set separately)
     mouth: float = 0.5  # gain on the lips' local motion (the opening itself is set separately)
     opening: float = 1.0  # gain on the mouth opening
+    jaw_opening: float = 1.0  # how far the lower lip's and chin's drop open the mouth (0: the inner-lip gap only)
+    turn: float = 1.0  # gain on the head's out-of-plane turn (yaw, pitch), applied in 3-D with the mean face
+    max_turn: float = 35.0  # ... softly limited to this many degrees
     steady: float = 0.6  # weight of the new frame in a one-pole filter on head and non-lip motion (1: off)
 
 
@@ -258,7 +283,28 @@ class LandmarkBackend:
         # How bright the source's own open mouth is (teeth?): 0 unless it is clearly open.
         self._src_mouth = _mouth_brightness(source.image, source.landmarks) if self._src_lip > 0.1 * self._iod else 0.0
         self._drv_stats = _ring_stats(reference.image, reference.landmarks) if reference.image is not None else None
+        # 3-D: the mean face fitted to source and reference, each point's depth, the head centre to turn about.
+        self._ref3, self._ref_centre, self._ref_rot = _lift(reference.landmarks)
+        self._ref_ear = _ear(self._ref)
+        self._ref_iod = abs(self._ref[42:48].mean() - self._ref[36:42].mean())
+        src3, self._src_centre, _ = _lift(source.landmarks)
+        self._src_depth = src3[:, 2]
+        self._extra_turns = self._follow_weight > 0  # forehead and crease points turn with the face; the ring does not
+        scale = float(np.linalg.norm(src3[42:48, :2].mean(0) - src3[36:42, :2].mean(0)))
+        self._extra_depth = self._src_depth[self._follow] + 0.1 * scale
+        self._ear_seen = [float(self._ref_ear.mean())] * 10
         self._previous = None
+        self._previous_forward = None
+        self._openness = 1.0
+        self._teeth = _teeth_colour(source.image, source.landmarks, self._lip_stats[0])
+        # The source's own mouth interior (teeth), where it shows one: reused, at its size, as the mouth opens.
+        self._src_interior = None
+        if self._src_mouth > 0:
+            interior = np.zeros((s, s), np.float32)
+            cv2.fillPoly(interior, [np.round(source.landmarks[60:68] * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
+            interior = cv2.erode(interior, np.ones((3, 3), np.uint8))
+            self._src_interior = cv2.GaussianBlur(interior, (0, 0), max(1.0 * s / 256, 0.5))
+        self._lid_colours = [_lid_colours(source.image, source.landmarks, eye) for eye in (36, 42)]
         self._prepared = True
 
     @staticmethod
@@ -272,11 +318,21 @@ class LandmarkBackend:
         """Target positions (source crop pixels) of the 68 landmarks and the extra points, and the head scale/rotation."""
         cfg = self.config
         z = _z(driver)
-        a, b = fit_similarity(self._ref[STABLE], z[STABLE])  # reference -> this frame
-        if not (np.isfinite(z).all() and np.isfinite(a) and 0.5 < abs(a) < 2.0):
+        a, b = fit_similarity(self._ref[STABLE], z[STABLE])  # reference -> this frame (a first guess)
+        plausible = bool(np.isfinite(z).all() and np.isfinite(a) and 0.5 < abs(a) < 2.0)
+        if not plausible:
             log.debug("implausible driver landmarks (scale %.3g): no motion for this frame", abs(a))
             z, a, b = self._ref.copy(), 1.0 + 0j, 0j
-        residual = (z - b) / a - self._ref  # local motion in the reference frame
+        # Out-of-plane rotation: the mean face fitted to this frame and to the reference gives the turn
+        # (yaw and pitch; roll stays with the similarity). The reference turned by it predicts where every
+        # point goes with parallax; what the prediction misses is the face's own motion.
+        turn = self._turn_between(driver if plausible else _xy(self._ref))
+        turned_ref = _rotate(self._ref3, self._ref_centre, turn)
+        a, b = fit_similarity(turned_ref[STABLE], z[STABLE])
+        if not (np.isfinite(a) and 0.5 < abs(a) < 2.0):
+            turn, turned_ref = np.eye(3), self._ref
+            a, b = fit_similarity(self._ref[STABLE], z[STABLE])
+        residual = (z - b) / a - turned_ref  # local motion in the reference frame, turn removed
         if cfg.steady < 1.0:  # one-pole smoothing of head motion and of everything but the lips
             if self._previous is not None:
                 pa, pb, pr = self._previous
@@ -284,27 +340,32 @@ class LandmarkBackend:
                 a, b = k * a + (1 - k) * pa, k * b + (1 - k) * pb
                 residual[:48] = k * residual[:48] + (1 - k) * pr[:48]
             self._previous = (a, b, residual.copy())
-        local = self._src + self._alpha * residual * (cfg.expression * self._gain)
+        local = self._src + residual * self._alpha * (cfg.expression * self._gain)
         down = self._down_src
+        normalised = turned_ref + residual  # this frame in the reference's place, size and roll
         if cfg.eye_ratio:
-            ref_gap = np.maximum(self._ref_lid, 1e-6)
-            ratio = _gaps((z - b) / a, LID_PAIRS, self._down_ref) / ref_gap
-            # dlib never brings the lids of a closed eye together: a gap of `eye_closed` of the open one means shut.
-            ratio = np.clip((ratio - cfg.eye_closed) / (1.0 - cfg.eye_closed), 0.0, cfg.max_eye_ratio)
-            usable = self._ref_lid > 0.04 * abs(self._ref[42:48].mean() - self._ref[36:42].mean())
-            gaps = np.where(usable, self._src_lid * ratio, _gaps(local, LID_PAIRS, down))
+            gaps = self._src_lid * self._eye_openness(normalised, turned_ref)
         else:
             gaps = _gaps(local, LID_PAIRS, down)
-        _lerp_lid(local, LID_PAIRS, np.maximum(gaps, 0.0), down, upper=0.8)  # blinks are the upper lid's
+        # Blinks are the upper lid's. The lids never meet in the warp: coincident control points that come
+        # from far apart make the spline swing (a fold under the eye); the lid override paints the rest.
+        _lerp_lid(local, LID_PAIRS, np.maximum(gaps, cfg.lid_floor * self._src_lid), down, upper=0.8)
         # Mouth opening: the driver's inner-lip gap (scaled into the source) on top of whatever the source
         # shows beyond the driver's reference, so a reference caught mid-word neither clips nor inverts the motion.
-        gap = _gaps((z - b) / a, LIP_PAIRS, self._down_ref).mean() * abs(self._alpha) * cfg.expression * cfg.opening
+        # The lower lip's and the chin's drop open it too, where a moustache or a misread inner lip hides the gap.
+        gap = self._driver_opening(normalised, turned_ref) * abs(self._alpha) * cfg.expression * cfg.opening
         gap = max(gap, 0.0) + max(self._src_lip - self._ref_lip * abs(self._alpha), 0.0)
         shift = (gap - _gaps(local, LIP_PAIRS, down).mean()) * down
         local += shift * LOWER_FACE  # move the lower lip and, less, the chin
         lips = _gaps(local, LIP_PAIRS, down)
         if (lips < 0).any():
             _lerp_lid(local, LIP_PAIRS, np.maximum(lips, 0.0), down)
+        extra = self._extra + (local - self._src)[self._follow] * self._follow_weight
+        # The turn, about the source's own head centre, with the mean face's depth at each point.
+        local = _rotate(np.c_[local.real, local.imag, self._src_depth], self._src_centre, turn)
+        if self._extra_turns.any():
+            e3 = np.c_[extra.real, extra.imag, self._extra_depth][self._extra_turns]
+            extra[self._extra_turns] = _rotate(e3, self._src_centre, turn)
         # Head motion, conjugated into the source frame: w -> a (w - beta) + alpha b + beta.
         if cfg.head != 1.0:
             a = complex(np.exp(cfg.head * np.log(a))) if a != 0 else 1.0
@@ -318,9 +379,49 @@ class LandmarkBackend:
         limit = cfg.max_head_shift * self.size
         if abs(moved) > 1e-9 and limit > 0:
             shift += moved * (limit * np.tanh(abs(moved) / limit) / abs(moved) - 1.0)
-        extra = self._extra + (local - self._src)[self._follow] * self._follow_weight
         extra += (a * extra + shift - extra) * self._head_weight
         return _xy(a * local + shift), _xy(extra), a
+
+    def _turn_between(self, driver: np.ndarray) -> np.ndarray:
+        """The head's out-of-plane turn from the reference to this frame (3x3, no roll), smoothed and limited."""
+        cfg = self.config
+        rot, _, _ = fit_pose(driver)
+        forward = (rot @ self._ref_rot.T)[:, 2]  # where the reference's line of sight points now
+        if cfg.steady < 1.0 and self._previous_forward is not None:
+            forward = cfg.steady * forward + (1 - cfg.steady) * self._previous_forward
+        forward = forward / max(np.linalg.norm(forward), 1e-9)
+        self._previous_forward = forward
+        return swing(forward, cfg.turn, np.deg2rad(cfg.max_turn))
+
+    def _eye_openness(self, normalised: np.ndarray, turned_ref: np.ndarray) -> np.ndarray:
+        """How open the driver's eyes are (0 shut, 1 as open as usual), from the eye aspect ratio.
+
+        Relative to the driver's own open-eye baseline: a high percentile of the
+        ratios seen so far (seeded with the reference's), corrected for the turn's
+        foreshortening. dlib never brings a shut eye's lids together: a ratio of
+        `eye_closed` of the baseline reads as shut.
+        """
+        cfg = self.config
+        ear = _ear(normalised)
+        self._ear_seen.append(float(ear.mean()))
+        if len(self._ear_seen) > 300:
+            del self._ear_seen[:50]
+        baseline = float(np.percentile(self._ear_seen, 75)) * (_ear(turned_ref).mean() / max(self._ref_ear.mean(), 1e-6))
+        ratio = ear.mean() / max(baseline, 1e-6)
+        openness = np.clip((ratio - cfg.eye_closed) / (1.0 - cfg.eye_closed), 0.0, cfg.max_eye_ratio)
+        self._openness = float(openness)
+        return np.full(4, openness)
+
+    def _driver_opening(self, normalised: np.ndarray, turned_ref: np.ndarray) -> float:
+        """The driver's inner-lip gap, or what its lower lip's and chin's drop imply, whichever is more."""
+        down = self._down_ref
+        inner = _gaps(normalised, LIP_PAIRS, down).mean()
+        drop = lambda w, i: ((w[i] - w[33]) / down).real  # noqa: E731  height of point i under the nose
+        lip = drop(normalised, 57) - drop(turned_ref, 57)
+        chin = drop(normalised, 8) - drop(turned_ref, 8)
+        implied = self._ref_lip + 0.5 * (lip + chin / 0.7)
+        # Trusted only beyond a margin: lips push forward and heads nod without opening the mouth.
+        return inner + self.config.jaw_opening * max(0.0, implied - inner - 0.05 * self._ref_iod)
 
     def _limit_rotation_scale(self, a: complex) -> complex:
         """Soft limits on the head's scale change and roll (tanh), as for its translation."""
@@ -376,12 +477,59 @@ class LandmarkBackend:
     def animate_one(self, frame: DriverFrame) -> np.ndarray:
         target, extra, a = self.targets(restrict_landmarks(frame.landmarks, self._ref_landmarks, self.region))
         map_x, map_y = self.warp_map(target, extra)
-        if self.config.eye_lids:
+        if self.config.eye_lids and self.config.lid_stretch:
             self._close_eyes(map_x, map_y, target, abs(a))
         image = cv2.remap(self.source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if self.config.eye_lids:
+            self._paint_lids(image, target, abs(a))
         if self.config.mouth_fill:
             self._fill_mouth(image, target, frame, abs(a))
         return image
+
+    def _paint_lids(self, image: np.ndarray, target: np.ndarray, scale: float) -> None:
+        """Paint a closed lid over a shut (or shutting) eye: skin from just above and below the eye, shaded,
+        with a dark lash line where the lids meet.
+
+        The colour comes from the warped source itself, column by column: the
+        lid skin above the eye and the skin under the lower lid, blended from one
+        to the other, so it matches the face's colour and lighting.
+        """
+        amount = float(np.clip(1.0 - self._openness / 0.45, 0.0, 1.0))
+        if amount <= 0.0:
+            return
+        s = self.size
+        px = s / 256
+        for k, eye in enumerate((slice(36, 42), slice(42, 48))):
+            pts = target[eye].astype(np.float64)
+            open_gap = max(self._src_lid[2 * k:2 * k + 2].mean(), 1e-6) * scale
+            width = float(np.linalg.norm(pts[3] - pts[0]))
+            if width < 4:
+                continue
+            up = 1.1 * open_gap + 1.5 * px  # how far above the closed line the lid paint reaches (lashes included)
+            dn = 0.35 * open_gap + 1.5 * px
+            xa, xb = pts[[0, 3], 0].min() - 0.12 * width, pts[[0, 3], 0].max() + 0.12 * width
+            x0, x1 = int(np.floor(xa)), int(np.ceil(xb)) + 1
+            lower = _sorted(pts[[0, 5, 4, 3]])
+            xs = np.arange(x0, x1, dtype=np.float64)
+            line = np.interp(xs, *lower) - 0.1 * open_gap  # where the lids meet
+            y0, y1 = int(np.floor(line.min() - up)) - 3, int(np.ceil(line.max() + dn)) + 4
+            if x0 < 1 or y0 < 1 or x1 > s - 1 or y1 > s - 1:
+                continue
+            centre, half = (xa + xb) / 2, (xb - xa) / 2
+            profile = np.sqrt(np.clip(1.0 - ((xs - centre) / half) ** 2, 0.0, 1.0))
+            top, bottom = line - up * profile, line + dn * profile
+            region = image[y0:y1, x0:x1].astype(np.float32)
+            above, below = self._lid_colours[k]
+            ys = np.arange(y0, y1, dtype=np.float64)[:, None]
+            t = np.clip((ys - top) / np.maximum(bottom - top, 1e-3), 0, 1)[..., None]
+            fill = above * (1 - t) + below * t
+            shade = 1.0 - 0.12 * np.clip(1 - np.abs(ys - line) / max(up, 1e-3), 0, 1)  # the lid rounds into the fold
+            lash = 1.0 - 0.55 * np.exp(-(((ys - line) / (0.8 * px)) ** 2)) * np.clip(profile * 3, 0, 1)
+            fill *= (shade * lash)[..., None].astype(np.float32)
+            inside = np.clip((ys - top) / np.maximum(0.35 * (line - top), 1e-3), 0, 1) * (ys <= bottom)  # soft top
+            mask = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.8 * px) * amount
+            region += (fill - region) * mask[..., None]
+            image[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
 
     def _close_eyes(self, map_x: np.ndarray, map_y: np.ndarray, target: np.ndarray, scale: float) -> None:
         """Stretch the upper lid's skin down over a (nearly) shut eye, in the backward maps.
@@ -431,9 +579,10 @@ class LandmarkBackend:
         down = self._down_src
         gap = _gaps(_z(target), LIP_PAIRS, down).mean() / max(scale, 1e-6)
         excess = gap - self._src_lip
-        # Ramp in over a wider range when the source already shows its mouth: its own (stretched) teeth
-        # give way to the driver's mouth gradually instead of switching in one frame.
-        amount = float(np.clip(excess / (0.05 * self._iod + 0.5 * self._src_lip), 0.0, 1.0))
+        # From the driver: ramp in over a wider range when the source already shows its mouth, so its own
+        # (stretched) teeth give way to the driver's gradually instead of switching in one frame.
+        ramp = 0.05 * self._iod + (0.5 * self._src_lip if self.config.driver_mouth else 0.0)
+        amount = float(np.clip(excess / ramp, 0.0, 1.0))
         if amount <= 0.0:
             return
         s = self.size
@@ -458,7 +607,9 @@ class LandmarkBackend:
                 if lum > limit:
                     patch *= limit / lum
         if patch is None:
-            patch = self._synthetic_mouth(inner, (w, h))
+            patch = self._synthetic_mouth(inner, (w, h), scale)
+            if self._src_interior is not None:
+                patch = self._source_mouth(inner, (x0, y0, w, h), patch)
         region = image[y0:y1, x0:x1].astype(np.float32)
         region += (patch - region) * mask[..., None]
         image[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
@@ -482,22 +633,158 @@ class LandmarkBackend:
             self._drv_stats = _ring_stats(frame.image, frame.landmarks)
         return _match_colour(patch, self._drv_stats, self._lip_stats)
 
-    def _synthetic_mouth(self, inner: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """A dark mouth cavity shaded from the lips' colour, with an upper teeth band."""
+    def _synthetic_mouth(self, inner: np.ndarray, size: tuple[int, int], scale: float) -> np.ndarray:
+        """A mouth interior drawn for the target inner lips (box coordinates): a cavity shaded from the lips'
+        colour, upper teeth (coloured like the source's eye whites, separated, darker towards the corners),
+        lower teeth and a tongue once the mouth is open wide enough."""
         w, h = size
-        upper = inner[[0, 1, 2, 3, 4]]
-        lower = inner[[4, 5, 6, 7, 0]][::-1]
+        px = self.size / 256
+        iod = self._iod * scale
         xs = np.arange(w, dtype=np.float32)
-        yu = np.interp(xs, *_sorted(upper))
-        yl = np.interp(xs, *_sorted(lower))
+        yu = np.interp(xs, *_sorted(inner[[0, 1, 2, 3, 4]])).astype(np.float32)
+        yl = np.maximum(np.interp(xs, *_sorted(inner[[4, 5, 6, 7, 0]])).astype(np.float32), yu)
         ys = np.arange(h, dtype=np.float32)[:, None]
-        v = np.clip((ys - yu) / np.maximum(yl - yu, 1.0), 0, 1)[..., None]  # 0 upper lip .. 1 lower lip
+        tall = np.maximum(yl - yu, 1.0)
+        v = np.clip((ys - yu) / tall, 0, 1)  # 0 at the upper lip, 1 at the lower
+        xl, xr = float(inner[:, 0].min()), float(inner[:, 0].max())
+        half = max((xr - xl) / 2, 1.0)
+        u = np.clip((xs - (xl + xr) / 2) / half, -1, 1)  # -1 .. 1 across the mouth
+        opened = float(tall.max()) / max(iod, 1e-6)  # the opening, in eye distances
         lip = self._lip_stats[0]
-        cavity = lip * (0.3 + 0.3 * np.abs(v - 0.6))
-        teeth = np.array([200, 192, 180], np.float32) * (lip.mean() / 140.0) ** 0.5
-        depth = np.clip((yl - yu)[None, :, None] / (0.12 * self._iod), 0, 1)  # no teeth in a narrow slit
-        band = np.clip((0.28 - v) / 0.1, 0, 1) * depth * 0.85
-        return cavity * (1 - band) + teeth * band
+        # The cavity: dark, darkest at the back (middle) and in the corners.
+        cavity = lip * (0.16 + 0.12 * np.abs(v - 0.55))[..., None] * (1.0 - 0.35 * u * u)[None, :, None]
+        out = cavity.astype(np.float32)
+        # Tongue: a rounded shape resting on the lower lip, once the mouth is open.
+        t_amount = float(np.clip((opened - 0.12) / 0.1, 0, 1))
+        if t_amount > 0:
+            cy = yl + 0.1 * tall
+            r = ((xs - (xl + xr) / 2) / (0.62 * half)) ** 2 + ((ys - cy) / (0.5 * tall)) ** 2
+            tongue_mask = np.clip((1.0 - r) / 0.25, 0, 1) * t_amount
+            shade = np.clip(0.45 + 0.55 * (ys - (cy - 0.5 * tall)) / (0.5 * tall), 0.3, 1.0)  # darker at the back
+            tongue = lip * np.array([0.95, 0.62, 0.62], np.float32) * 0.62 * shade[..., None]
+            out += (tongue - out) * tongue_mask[..., None]
+        # Teeth, arched: separations bunch up towards the corners.
+        teeth = self._teeth
+        phase = np.arcsin(u) / (np.pi / 2) * half / max(0.13 * iod, 1.0)  # tooth widths from the middle
+        gaps = 1.0 - 0.12 * np.exp(-(((phase - np.round(phase)) * 0.13 * iod / (0.4 * px)) ** 2))
+        corner = 1.0 - 0.5 * u ** 4 - 0.15 * u * u
+        up_h = np.minimum(0.15 * iod, 0.5 * tall)  # upper teeth, down from the upper lip
+        band = np.clip((yu + up_h - ys) / (0.6 * px), 0, 1) * np.clip((ys - yu + 0.5) / (0.8 * px), 0, 1)
+        under_lip = 1.0 - 0.35 * np.exp(-((ys - yu) / (1.2 * px)) ** 2)  # the lip's shadow on the teeth
+        t_up = teeth * (corner * gaps)[None, :, None] * under_lip[..., None]
+        show = float(np.clip((opened - 0.03) / 0.05, 0, 1))
+        out += (t_up - out) * (band * show)[..., None]
+        lo_amount = float(np.clip((opened - 0.26) / 0.08, 0, 1))
+        if lo_amount > 0:  # lower teeth, partly behind the lower lip, in shade
+            lo_h = np.minimum(0.05 * iod, 0.15 * tall)
+            lo_band = np.clip((ys - (yl - lo_h)) / (0.6 * px), 0, 1) * (ys <= yl + 1)
+            t_lo = teeth * 0.5 * (corner * gaps)[None, :, None]
+            out += (t_lo - out) * (lo_band * lo_amount * (1 - np.abs(u)) ** 2)[..., None]
+        return cv2.GaussianBlur(out, (0, 0), 0.5 * px)
+
+    def _source_mouth(self, inner: np.ndarray, box: tuple[int, int, int, int], synthetic: np.ndarray) -> np.ndarray:
+        """The source's own mouth interior (its teeth), carried by the upper lip at its own size, over
+        `synthetic` where the source's interior ends (below its lower lip)."""
+        x0, y0, w, h = box
+        a, b = fit_similarity(_z(inner[[0, 1, 2, 3, 4]]), self._src[[60, 61, 62, 63, 64]])  # box -> source
+        m = np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], np.float32)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        patch = cv2.warpAffine(self.source, m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        valid = cv2.warpAffine(self._src_interior, m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+        return synthetic + (patch - synthetic) * valid[..., None]
+
+
+_POSE_MODEL = MEAN_FACE[POSE_POINTS] - MEAN_FACE[POSE_POINTS].mean(0)
+_POSE_PINV = np.linalg.pinv(_POSE_MODEL)  # (3, n): least-squares affine camera from 2-D points
+
+
+def fit_pose(points: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Weak-perspective fit of the mean face to 68 landmarks (x, y): rotation (3x3), scale, 2-D centre.
+
+    An affine camera is fitted by least squares to the jaw, brows, nose and eyes,
+    then its two rows are made orthonormal (the nearest rotation); the third row
+    is their cross product.
+    """
+    u = np.asarray(points, np.float64)[POSE_POINTS]
+    centre = u.mean(0)
+    camera = (_POSE_PINV @ (u - centre)).T  # (2, 3)
+    left, sv, right = np.linalg.svd(camera, full_matrices=False)
+    rows = left @ right
+    return np.vstack([rows, np.cross(rows[0], rows[1])]), float(sv.mean()), centre
+
+
+def _lift(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Landmarks in 3-D: their own x, y, the fitted mean face's depth; and the head centre, and the rotation."""
+    rot, scale, centre = fit_pose(points)
+    mean = MEAN_FACE[POSE_POINTS].mean(0)
+    depth = scale * (MEAN_FACE - mean) @ rot[2]
+    head = scale * rot @ (HEAD_CENTRE - mean)
+    p3 = np.c_[np.asarray(points, np.float64), depth]
+    return p3, np.r_[centre + head[:2], head[2]], rot
+
+
+def _rotate(points: np.ndarray, centre: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """3-D points (N, 3) turned by `rot` about `centre`, projected (orthographic) as complex x + iy."""
+    q = (points - centre) @ rot.T + centre
+    return q[:, 0] + 1j * q[:, 1]
+
+
+def swing(forward: np.ndarray, gain: float = 1.0, limit: float = np.pi / 2) -> np.ndarray:
+    """The rotation (3x3) that takes the line of sight (0, 0, 1) to `forward` with no twist about it (no roll),
+    its angle times `gain` and softly limited (tanh) to `limit` radians."""
+    axis = np.array([-forward[1], forward[0], 0.0])  # (0, 0, 1) x forward
+    sin = float(np.linalg.norm(axis))
+    if sin < 1e-9:
+        return np.eye(3)
+    angle = np.arctan2(sin, forward[2]) * gain
+    if limit > 0:
+        angle = limit * np.tanh(angle / limit)
+    k = axis / sin
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
+def _ear(z: np.ndarray) -> np.ndarray:
+    """Eye aspect ratio of each eye (2,), from complex landmarks."""
+    out = []
+    for e in (36, 42):
+        v = abs(z[e + 1] - z[e + 5]) + abs(z[e + 2] - z[e + 4])
+        out.append(v / max(2 * abs(z[e] - z[e + 3]), 1e-6))
+    return np.array(out)
+
+
+def _teeth_colour(image: np.ndarray, lm: np.ndarray, lip: np.ndarray) -> np.ndarray:
+    """Teeth colour for a drawn mouth: the source's eye whites (its light and colour balance), a little
+    yellower; from the lips' brightness when the eyes are too small to tell."""
+    mask = np.zeros(image.shape[:2], np.uint8)
+    for eye in (slice(36, 42), slice(42, 48)):
+        cv2.fillPoly(mask, [np.round(lm[eye]).astype(np.int32)], 1)
+    pixels = image[mask > 0].astype(np.float32)
+    if len(pixels) >= 30:
+        luma = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+        white = np.median(pixels[luma >= np.percentile(luma, 80)], axis=0)
+        if white.mean() > 1.15 * lip.mean():
+            return white * np.array([0.97, 0.95, 0.88], np.float32)
+    return np.array([200, 192, 180], np.float32) * (lip.mean() / 140.0) ** 0.5
+
+
+def _lid_colours(image: np.ndarray, lm: np.ndarray, eye: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median skin colour (RGB) of the upper lid (between the lash line and the brow, nearer the lid) and of
+    the skin just under the lower lid, for painting a closed eye."""
+    pts = lm[eye:eye + 6].astype(np.float64)
+    gap = max(float(np.mean([pts[5, 1] - pts[1, 1], pts[4, 1] - pts[2, 1]])), 1.0)
+    xs = np.linspace(pts[0, 0] + 0.2 * (pts[3, 0] - pts[0, 0]), pts[3, 0] - 0.2 * (pts[3, 0] - pts[0, 0]), 9)
+    upper, lower = np.interp(xs, *_sorted(pts[[0, 1, 2, 3]])), np.interp(xs, *_sorted(pts[[0, 5, 4, 3]]))
+    h, w = image.shape[:2]
+
+    def sample(rows: np.ndarray) -> np.ndarray:
+        yy = np.clip(np.round(rows).astype(int), 0, h - 1)
+        xx = np.clip(np.round(np.broadcast_to(xs, rows.shape)).astype(int), 0, w - 1)
+        return np.median(image[yy, xx].reshape(-1, 3).astype(np.float32), axis=0)
+
+    above = sample(upper[None] - gap * np.array([0.6, 0.8, 1.0])[:, None])
+    below = sample(lower[None] + gap * np.array([0.4, 0.6, 0.8])[:, None])
+    return above, below
 
 
 def _sorted(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

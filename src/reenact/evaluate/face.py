@@ -195,10 +195,13 @@ def evaluate_face(
     identity_samples: int = 32,
     progress: ProgressFn | None = None,
     face_index: int = 0,
+    series: bool = False,
 ) -> dict:
     """Identity, motion fidelity, jitter and lost faces of `video` (made from `source` and `driver`).
 
     Returns a JSON-serialisable dict; measures that cannot be computed are None.
+    With `series`, it also holds the per-frame proxies (`report["series"]`: mouth,
+    eyes, yaw, pitch of output and driver, and which frames had a face) for `plot_series`.
     """
 
     video, source, driver = Path(video), Path(source), Path(driver)
@@ -244,6 +247,8 @@ def evaluate_face(
                     video, out.n_frames, drv.n_frames, n)
     motion = motion_measures(out.landmarks[:n], drv.landmarks[:n], out.found[:n], drv.found[:n])
     j_out, j_drv = jitter(out.raw, out.found), jitter(drv.raw, drv.found)
+    extra = {"series": proxy_series(out.landmarks[:n], drv.landmarks[:n], out.found[:n], drv.found[:n],
+                                    probe(driver).fps)} if series else {}
     return {
         "video": str(video), "source": str(source), "driver": str(driver),
         "frames": n, "frames_output": out.n_frames, "frames_driver": drv.n_frames,
@@ -252,6 +257,7 @@ def evaluate_face(
         "motion": motion,
         "jitter": {"output": j_out, "driver": j_drv,
                    "ratio": j_out / j_drv if j_out is not None and j_drv else None},
+        **extra,
     }
 
 
@@ -337,6 +343,56 @@ def evaluate_face_fast(
                        "ratio": j_out / j_drv if j_out is not None and j_drv else None},
             "series": {"mouth_output": np.round(mouth_out, 4).tolist(),
                        "mouth_driver": np.round(mouth_drv, 4).tolist()}}
+
+
+def proxy_series(output: np.ndarray, driver: np.ndarray, output_found: np.ndarray, driver_found: np.ndarray,
+                 fps: float) -> dict:
+    """Per-frame mouth opening, eye opening, yaw and pitch of output and driver (lists, JSON-ready)."""
+    out = {name: {"output": fn(output).astype(float).tolist(), "driver": fn(driver).astype(float).tolist()}
+           for name, fn in PROXIES.items()}
+    out["found"] = {"output": output_found.astype(bool).tolist(), "driver": driver_found.astype(bool).tolist()}
+    out["fps"] = float(fps)
+    return out
+
+
+def plot_series(report: dict, path: Path) -> None:
+    """Mouth opening, eye opening, yaw and pitch of output against driver over time, as an image file.
+
+    Each panel's title gives the correlation and the gain (output spread over
+    driver spread); output frames without a face are shaded. Yaw and pitch are
+    shown relative to each video's first frame (their absolute values depend on
+    the face's shape, not on its motion).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series, motion = report["series"], report["motion"]
+    fps = series["fps"] or 25.0
+    titles = {"mouth": "mouth opening (inner-lip gap / eye distance)", "eyes": "eye opening (eye aspect ratio)",
+              "yaw": "yaw (left-right turn proxy, from frame 0)", "pitch": "pitch (nod proxy, from frame 0)"}
+    fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
+    for ax, (name, title) in zip(axes, titles.items()):
+        o, d = np.asarray(series[name]["output"]), np.asarray(series[name]["driver"])
+        if name in ("yaw", "pitch") and len(o):
+            o, d = o - o[0], d - d[0]
+        t = np.arange(len(o)) / fps
+        ax.plot(t, d, color="0.45", lw=1.2, label="driver")
+        ax.plot(t, o, color="tab:red", lw=1.2, label="output")
+        lost = ~np.asarray(series["found"]["output"], bool)
+        for i in np.flatnonzero(lost):
+            ax.axvspan(t[i] - 0.5 / fps, t[i] + 0.5 / fps, color="tab:orange", alpha=0.25, lw=0)
+        corr, g = motion.get(f"{name}_corr"), motion.get(f"{name}_gain")
+        ax.set_title(f"{title}: r = {_f(corr, 2)}, gain = {_f(g, 2)}", fontsize=9, loc="left")
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper right")
+    axes[-1].set_xlabel("seconds")
+    fig.suptitle(f"{Path(report['video']).name}: output vs driver ({Path(report['driver']).name})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- report

@@ -5,7 +5,7 @@
 Uses taylor.png driven by vox_driving2.mp4 from ../shared/assets when present
 (landmarks detected once, untimed), else a drawn face with synthetic mouth and
 blink motion. Prints milliseconds per frame (median, 90th percentile) for the
-motion targets, the spline warp maps, cv2.remap, the mouth/eye touches, and the
+motion targets, the spline warp maps, the gaze shift, cv2.remap, the painted lids, the mouth, and the
 whole animate() call in batches of 8, then frames/s.
 """
 
@@ -84,7 +84,7 @@ def main() -> None:
         src, drv = scaled(source, frames, size)
         backend = LandmarkBackend(size=size)
         backend.prepare(src, drv[ref])
-        stages = {"targets": [], "warp maps": [], "eyelids": [], "remap": [], "mouth": []}
+        stages = {"targets": [], "warp maps": [], "gaze": [], "remap": [], "eyelids": [], "mouth": []}
         limit = backend._threads.limit(limits=1, user_api="blas")  # as animate() does
         for f in drv:
             t0 = time.perf_counter()
@@ -92,13 +92,15 @@ def main() -> None:
             t1 = time.perf_counter()
             mx, my = backend.warp_map(target, extra)
             t2 = time.perf_counter()
-            backend._close_eyes(mx, my, target, abs(a))
+            backend._move_irises(mx, my, target, f)
             t3 = time.perf_counter()
             image = cv2.remap(backend.source, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             t4 = time.perf_counter()
-            backend._fill_mouth(image, target, f, abs(a))
+            backend._paint_lids(image, target, abs(a))
             t5 = time.perf_counter()
-            for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            backend._fill_mouth(image, target, f, abs(a))
+            t6 = time.perf_counter()
+            for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
                 stages[k].append(v)
         limit.restore_original_limits()
         whole = []

@@ -217,3 +217,20 @@ def test_output_without_any_face(tmp_path):
     json.dumps(r)
     assert r["no_face_frames"] == 12 and r["identity"]["median"] is None and r["motion"]["mouth_corr"] is None
     assert "n/a" in format_face_report(r)
+
+
+def test_plot_series_draws_output_against_driver(tmp_path):
+    pytest.importorskip("matplotlib")
+    from reenact.evaluate.face import plot_series, proxy_series
+
+    driver = talking(60) * 50 + 100
+    output = talking(60, seed=1) * 60 + 80
+    found = np.ones(60, bool)
+    found[10:13] = False
+    report = {"video": "out.mp4", "driver": "drv.mp4", "motion": motion_measures(output, driver),
+              "series": proxy_series(output, driver, found, found, 25.0)}
+    assert len(report["series"]["mouth"]["output"]) == 60
+    path = tmp_path / "plot.png"
+    plot_series(report, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no partial file left

@@ -58,8 +58,10 @@ def test_registered_and_protocol():
     assert "landmark" in BACKENDS
     backend = create_backend("landmark", size=256)
     assert isinstance(backend, Backend)
-    assert not backend.needs_driver_images  # the mouth is the source's or drawn: landmarks are enough
-    assert create_backend("landmark", size=256, driver_mouth=True).needs_driver_images
+    assert backend.needs_driver_images  # the driver's irises (gaze)
+    # The mouth is the source's or drawn: without gaze, landmarks are enough.
+    assert not create_backend("landmark", size=256, gaze=0).needs_driver_images
+    assert create_backend("landmark", size=256, gaze=0, driver_mouth=True).needs_driver_images
 
 
 def test_shape_and_dtype():
@@ -106,7 +108,7 @@ def test_mouth_opening_moves_the_lips_and_fills_the_mouth():
 
 
 def test_mouth_fill_without_driver_images():
-    backend, image, lm = prepared(driver_mouth=False)
+    backend, image, lm = prepared(driver_mouth=False, gaze=0)
     assert not backend.needs_driver_images
     opened = open_mouth(lm, 14)
     out = backend.animate([DriverFrame(1, opened)])[0]
@@ -293,3 +295,30 @@ def test_head_turn_moves_parts_with_parallax():
     assert abs(nose) > abs(corners) + 3
     out = backend.animate([DriverFrame(1, driver)])[0]
     assert np.abs(out[:8].astype(int) - image[:8]).max() <= 2  # the border (and hair above) stays put
+
+
+def test_gaze_moves_the_irises():
+    """The driver looks to the side: the source's dark irises move the same way inside the eye openings."""
+    def eyes_with_irises(lm: np.ndarray, shift: float) -> np.ndarray:
+        image = drawn_face(lm)
+        for eye in (slice(36, 42), slice(42, 48)):
+            cv2.fillPoly(image, [lm[eye].astype(np.int32)], (235, 235, 230), cv2.LINE_AA)
+            c = lm[eye].mean(0) + (shift, 0)
+            cv2.circle(image, (int(round(c[0])), int(round(c[1]))), 3, (30, 20, 20), -1, cv2.LINE_AA)
+        return image
+
+    lm = FACE.copy()
+    source = eyes_with_irises(lm, 0)
+    backend = LandmarkBackend(size=256, steady=1.0)
+    backend.prepare(SourceFace(source, lm), DriverFrame(0, lm, eyes_with_irises(lm, 0)))
+    out = backend.animate([DriverFrame(1, lm, eyes_with_irises(lm, 4))])[0]
+
+    def iris_x(image: np.ndarray, eye: slice) -> float:
+        x0, y0 = lm[eye].min(0).astype(int)
+        x1, y1 = lm[eye].max(0).astype(int) + 1
+        dark = 255.0 - image[y0:y1, x0:x1].mean(-1)
+        dark = np.clip(dark - 100, 0, None)
+        return float((dark.sum(0) * np.arange(x0, x1)).sum() / dark.sum())
+
+    for eye in (slice(36, 42), slice(42, 48)):
+        assert iris_x(out, eye) > iris_x(source, eye) + 1.5

@@ -188,15 +188,25 @@ def evaluate_face(
     driver: Path = typer.Option(..., "--driver", help="The driver video it was made with."),
     as_json: bool = typer.Option(False, "--json", help="Print the measures as JSON."),
     samples: int = typer.Option(32, min=1, help="Output frames sampled for the identity measure."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw mouth opening, eye opening, yaw and pitch of "
+                                        "output and driver over time into this image (.png, .jpg, .svg, .pdf)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """Identity, motion fidelity and jitter of an animated video."""
     from reenact.evaluate.face import evaluate_face as run
-    from reenact.evaluate.face import format_face_report
+    from reenact.evaluate.face import format_face_report, plot_series
 
     _setup_logging(verbose)
+    if plot is not None and plot.suffix.lower() not in (".png", ".jpg", ".jpeg", ".svg", ".pdf"):
+        raise ReenactError("--plot needs a .png, .jpg, .svg or .pdf file name", plot)
     with progress_display(not as_json) as progress:
-        report = run(video, source, driver, identity_samples=samples, progress=progress)
+        report = run(video, source, driver, identity_samples=samples, progress=progress, series=plot is not None)
+    if plot is not None:
+        if "series" in report:
+            plot_series(report, plot)
+            report.pop("series")
+        else:
+            logging.getLogger(__name__).warning("no face in any output frame: nothing to plot")
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

@@ -97,6 +97,7 @@ class LandmarkConfig:
     driver_mouth: bool = False  # fill it from the driver's mouth interior (needs driver images), not drawn / the source's
     mouth_darkness: float = 0.5  # the filled interior's mean brightness at most this times the lips'
     eye_lids: bool = True  # paint a closed lid over a shut eye
+    gaze: float = 0.8  # gain on the driver's iris movement within the eye (0: off; needs driver images)
     lid_floor: float = 0.45  # the warp closes the lids to this fraction of their gap at most; paint does the rest
     lid_stretch: bool = False  # also stretch the upper lid's skin over it in the warp (the earlier method)
     lid_margin: float = 0.2  # the lid skin is taken from this far (times the open lid gap) above the lash line
@@ -219,7 +220,7 @@ class LandmarkBackend:
             raise ReenactError(f"unknown landmark backend option(s): {', '.join(sorted(unknown))}")
         self.size = int(size)
         self.config = LandmarkConfig(**options)
-        self.needs_driver_images = self.config.mouth_fill and self.config.driver_mouth
+        self.needs_driver_images = (self.config.mouth_fill and self.config.driver_mouth) or self.config.gaze > 0
         g, s = self.config.grid, self.size
         # Grid points at the cell centres cv2.resize assumes, so upsampling is exact at them.
         axis = ((np.arange(g) + 0.5) * s / g - 0.5).astype(np.float32)
@@ -304,6 +305,8 @@ class LandmarkBackend:
             cv2.fillPoly(interior, [np.round(source.landmarks[60:68] * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
             interior = cv2.erode(interior, np.ones((3, 3), np.uint8))
             self._src_interior = cv2.GaussianBlur(interior, (0, 0), max(1.0 * s / 256, 0.5))
+        self._ref_iris = _iris_offset(reference.image, reference.landmarks) if reference.image is not None else None
+        self._gaze = np.zeros(2)
         self._lid_colours = [_lid_colours(source.image, source.landmarks, eye) for eye in (36, 42)]
         self._prepared = True
 
@@ -413,15 +416,16 @@ class LandmarkBackend:
         return np.full(4, openness)
 
     def _driver_opening(self, normalised: np.ndarray, turned_ref: np.ndarray) -> float:
-        """The driver's inner-lip gap, or what its lower lip's and chin's drop imply, whichever is more."""
+        """The driver's inner-lip gap, plus the part of its lower lip's and chin's drop (since the reference)
+        that the gap's own change does not explain: a moustache, a beard or a misread inner lip hides the
+        gap, not the jaw. A margin keeps pushed-out lips and nods from opening a closed mouth."""
         down = self._down_ref
         inner = _gaps(normalised, LIP_PAIRS, down).mean()
         drop = lambda w, i: ((w[i] - w[33]) / down).real  # noqa: E731  height of point i under the nose
         lip = drop(normalised, 57) - drop(turned_ref, 57)
         chin = drop(normalised, 8) - drop(turned_ref, 8)
-        implied = self._ref_lip + 0.5 * (lip + chin / 0.7)
-        # Trusted only beyond a margin: lips push forward and heads nod without opening the mouth.
-        return inner + self.config.jaw_opening * max(0.0, implied - inner - 0.05 * self._ref_iod)
+        unexplained = 0.5 * (lip + chin / 0.7) - (inner - self._ref_lip)
+        return inner + self.config.jaw_opening * max(0.0, unexplained - 0.06 * self._ref_iod)
 
     def _limit_rotation_scale(self, a: complex) -> complex:
         """Soft limits on the head's scale change and roll (tanh), as for its translation."""
@@ -477,6 +481,8 @@ class LandmarkBackend:
     def animate_one(self, frame: DriverFrame) -> np.ndarray:
         target, extra, a = self.targets(restrict_landmarks(frame.landmarks, self._ref_landmarks, self.region))
         map_x, map_y = self.warp_map(target, extra)
+        if self.config.gaze > 0 and frame.image is not None:
+            self._move_irises(map_x, map_y, target, frame)
         if self.config.eye_lids and self.config.lid_stretch:
             self._close_eyes(map_x, map_y, target, abs(a))
         image = cv2.remap(self.source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -485,6 +491,44 @@ class LandmarkBackend:
         if self.config.mouth_fill:
             self._fill_mouth(image, target, frame, abs(a))
         return image
+
+    def _move_irises(self, map_x: np.ndarray, map_y: np.ndarray, target: np.ndarray, frame: DriverFrame) -> None:
+        """Gaze: move the source's irises inside the eye openings as the driver's move within theirs.
+
+        The driver's iris is found as the darkness-weighted centre of each eye
+        opening, relative to the eye's corners, in eye widths; its change from the
+        reference (both eyes averaged: gaze is shared) shifts the backward maps
+        inside the target eye openings, most in the middle, not at the corners.
+        """
+        cfg = self.config
+        if self._ref_iris is None:
+            return
+        now = _iris_offset(frame.image, frame.landmarks)
+        if now is None or self._openness < 0.5:
+            moved = np.zeros(2)
+        else:
+            moved = np.clip((now - self._ref_iris) * cfg.gaze, -0.15, 0.15)
+        k = cfg.steady
+        self._gaze = k * moved + (1 - k) * self._gaze
+        if np.abs(self._gaze).max() < 0.005:
+            return
+        s = self.size
+        for eye in (slice(36, 42), slice(42, 48)):
+            pts = target[eye]
+            width = float(np.linalg.norm(pts[3] - pts[0]))
+            x0, y0 = np.floor(pts.min(0)).astype(int) - 1
+            x1, y1 = np.ceil(pts.max(0)).astype(int) + 2
+            if x0 < 0 or y0 < 0 or x1 > s or y1 > s or width < 6:
+                continue
+            mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+            cv2.fillPoly(mask, [np.round((pts - (x0, y0)) * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
+            mask = cv2.GaussianBlur(mask, (0, 0), 0.7 * s / 256)
+            xs = np.arange(x0, x1, dtype=np.float32)
+            across = np.clip((xs - pts[0, 0]) / max(pts[3, 0] - pts[0, 0], 1e-3), 0, 1)
+            w = mask * np.sin(np.pi * across)[None, :]  # corners stay, the middle moves most
+            box = np.s_[y0:y1, x0:x1]
+            map_x[box] -= (self._gaze[0] * width * w).astype(np.float32)
+            map_y[box] -= (self._gaze[1] * width * w).astype(np.float32)
 
     def _paint_lids(self, image: np.ndarray, target: np.ndarray, scale: float) -> None:
         """Paint a closed lid over a shut (or shutting) eye: skin from just above and below the eye, shaded,
@@ -766,6 +810,36 @@ def _teeth_colour(image: np.ndarray, lm: np.ndarray, lip: np.ndarray) -> np.ndar
         if white.mean() > 1.15 * lip.mean():
             return white * np.array([0.97, 0.95, 0.88], np.float32)
     return np.array([200, 192, 180], np.float32) * (lip.mean() / 140.0) ** 0.5
+
+
+def _iris_offset(image: np.ndarray, lm: np.ndarray) -> np.ndarray | None:
+    """Where the irises sit in the eye openings: (x, y) offset of the darkness-weighted centre from the eye's
+    centre, in eye widths, both eyes averaged; None when the eyes are too small or show no contrast."""
+    offsets = []
+    h, w = image.shape[:2]
+    for eye in (slice(36, 42), slice(42, 48)):
+        pts = np.asarray(lm[eye], np.float32)
+        width = float(np.linalg.norm(pts[3] - pts[0]))
+        x0, y0 = np.floor(pts.min(0)).astype(int)
+        x1, y1 = np.ceil(pts.max(0)).astype(int) + 1
+        if width < 8 or x0 < 0 or y0 < 0 or x1 > w or y1 > h or y1 - y0 < 3:
+            continue
+        grey = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        mask = np.zeros(grey.shape, np.uint8)
+        cv2.fillPoly(mask, [np.round(pts - (x0, y0)).astype(np.int32)], 1)
+        values = grey[mask > 0]
+        if values.size < 12 or np.ptp(values) < 25:
+            continue
+        dark = np.clip(np.percentile(values, 60) - grey, 0, None) * (mask > 0)
+        dark = dark**2
+        if dark.sum() <= 0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        centre = np.array([(xx * dark).sum(), (yy * dark).sum()]) / dark.sum()
+        axis = (pts[3] - pts[0]) / width
+        d = centre - pts.mean(0)
+        offsets.append(np.array([d @ axis, d @ np.array([-axis[1], axis[0]])]) / width)
+    return np.mean(offsets, axis=0) if offsets else None
 
 
 def _lid_colours(image: np.ndarray, lm: np.ndarray, eye: int) -> tuple[np.ndarray, np.ndarray]:

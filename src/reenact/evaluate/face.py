@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -391,8 +392,14 @@ def plot_series(report: dict, path: Path) -> None:
     axes[-1].set_xlabel("seconds")
     fig.suptitle(f"{Path(report['video']).name}: output vs driver ({Path(report['driver']).name})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # written whole, then renamed
+    try:
+        fig.savefig(partial, dpi=90)
+        os.replace(partial, path)
+    finally:
+        plt.close(fig)
+        partial.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- report

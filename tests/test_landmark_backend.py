@@ -233,7 +233,7 @@ def test_jaw_drop_opens_a_mouth_whose_inner_lips_stay_closed():
     """A moustache (or a misread inner lip) hides the gap: the lower lip's and chin's drop still open the mouth."""
     backend, image, lm = prepared()
     dropped = lm.copy()
-    dropped[[55, 56, 57, 58, 59]] += (0, 14)  # the lower lip's outline and the chin go down ...
+    dropped[[55, 56, 57, 58, 59]] += (0, 18)  # the lower lip's outline and the chin go down ...
     dropped[5:12] += (0, 10)
     target, _, _ = backend.targets(dropped)  # ... while the inner-lip points stay together
     assert mouth_opening(target) > mouth_opening(lm) + 0.12

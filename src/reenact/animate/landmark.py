@@ -94,8 +94,9 @@ class LandmarkConfig:
     fade: float = 0.1  # border band, as a fraction of the crop, where the warp fades to identity
     smoothing: float = 1e-5  # thin-plate-spline regularisation (in crop-normalised units)
     mouth_fill: bool = True  # fill an opening mouth instead of stretching the lips
+    teeth: float = 0.9  # brightness of drawn teeth, times the source's eye whites
     driver_mouth: bool = False  # fill it from the driver's mouth interior (needs driver images), not drawn / the source's
-    mouth_darkness: float = 0.5  # the filled interior's mean brightness at most this times the lips'
+    mouth_darkness: float = 0.5  # the driver's interior's mean brightness at most this times the lips'
     eye_lids: bool = True  # paint a closed lid over a shut eye
     gaze: float = 0.8  # gain on the driver's iris movement within the eye (0: off; needs driver images)
     lid_floor: float = 0.45  # the warp closes the lids to this fraction of their gap at most; paint does the rest
@@ -103,17 +104,18 @@ class LandmarkConfig:
     lid_margin: float = 0.2  # the lid skin is taken from this far (times the open lid gap) above the lash line
     lid_skin: float = 1.0  # how tall a band of upper-lid skin (relative to the covered height) is stretched over it
     eye_ratio: bool = True  # eyelids follow the driver's lid gap by ratio (blinks always close)
-    eye_closed: float = 0.6  # the driver's eye aspect ratio, over its open-eye baseline, read as a shut eye
+    eye_closed: float = 0.5  # the driver's eye aspect ratio, over its open-eye baseline, read as a shut eye
     max_eye_ratio: float = 1.1  # eyes open at most this much wider than the source's
     jaw: float = 0.3  # gain on the jaw outline's local motion (mostly 2-D shadows of head turns)
     brows: float = 0.5  # gain on the brows' local motion
     nose: float = 0.5  # gain on the nose's local motion (turns of the head)
     eyes: float = 0.25  # gain on the eyes' local motion (lid gaps are set separately)
     mouth: float = 0.5  # gain on the lips' local motion (the opening itself is set separately)
-    opening: float = 1.0  # gain on the mouth opening
+    opening: float = 0.8  # gain on the mouth opening (1: the driver's gap scaled by face size opened visibly wider)
     jaw_opening: float = 1.0  # how far the lower lip's and chin's drop open the mouth (0: the inner-lip gap only)
     turn: float = 1.0  # gain on the head's out-of-plane turn (yaw, pitch), applied in 3-D with the mean face
     max_turn: float = 35.0  # ... softly limited to this many degrees
+    turn_steady: float = 0.6  # weight of the new frame in a one-pole filter on the turn (1: off)
     steady: float = 0.6  # weight of the new frame in a one-pole filter on head and non-lip motion (1: off)
 
 
@@ -336,6 +338,7 @@ class LandmarkBackend:
             turn, turned_ref = np.eye(3), self._ref
             a, b = fit_similarity(self._ref[STABLE], z[STABLE])
         residual = (z - b) / a - turned_ref  # local motion in the reference frame, turn removed
+        normalised = turned_ref + residual  # this frame in the reference's place, size and roll (unfiltered: blinks)
         if cfg.steady < 1.0:  # one-pole smoothing of head motion and of everything but the lips
             if self._previous is not None:
                 pa, pb, pr = self._previous
@@ -345,7 +348,6 @@ class LandmarkBackend:
             self._previous = (a, b, residual.copy())
         local = self._src + residual * self._alpha * (cfg.expression * self._gain)
         down = self._down_src
-        normalised = turned_ref + residual  # this frame in the reference's place, size and roll
         if cfg.eye_ratio:
             gaps = self._src_lid * self._eye_openness(normalised, turned_ref)
         else:
@@ -356,7 +358,9 @@ class LandmarkBackend:
         # Mouth opening: the driver's inner-lip gap (scaled into the source) on top of whatever the source
         # shows beyond the driver's reference, so a reference caught mid-word neither clips nor inverts the motion.
         # The lower lip's and the chin's drop open it too, where a moustache or a misread inner lip hides the gap.
-        gap = self._driver_opening(normalised, turned_ref) * abs(self._alpha) * cfg.expression * cfg.opening
+        opening = self._driver_opening(normalised, turned_ref)
+        opening = self._ref_lip + cfg.opening * (opening - self._ref_lip)  # the gain acts on the change only
+        gap = opening * abs(self._alpha) * cfg.expression
         gap = max(gap, 0.0) + max(self._src_lip - self._ref_lip * abs(self._alpha), 0.0)
         shift = (gap - _gaps(local, LIP_PAIRS, down).mean()) * down
         local += shift * LOWER_FACE  # move the lower lip and, less, the chin
@@ -390,8 +394,8 @@ class LandmarkBackend:
         cfg = self.config
         rot, _, _ = fit_pose(driver)
         forward = (rot @ self._ref_rot.T)[:, 2]  # where the reference's line of sight points now
-        if cfg.steady < 1.0 and self._previous_forward is not None:
-            forward = cfg.steady * forward + (1 - cfg.steady) * self._previous_forward
+        if cfg.turn_steady < 1.0 and self._previous_forward is not None:
+            forward = cfg.turn_steady * forward + (1 - cfg.turn_steady) * self._previous_forward
         forward = forward / max(np.linalg.norm(forward), 1e-9)
         self._previous_forward = forward
         return swing(forward, cfg.turn, np.deg2rad(cfg.max_turn))
@@ -711,7 +715,7 @@ class LandmarkBackend:
             tongue = lip * np.array([0.95, 0.62, 0.62], np.float32) * 0.62 * shade[..., None]
             out += (tongue - out) * tongue_mask[..., None]
         # Teeth, arched: separations bunch up towards the corners.
-        teeth = self._teeth
+        teeth = self._teeth * self.config.teeth
         phase = np.arcsin(u) / (np.pi / 2) * half / max(0.13 * iod, 1.0)  # tooth widths from the middle
         gaps = 1.0 - 0.12 * np.exp(-(((phase - np.round(phase)) * 0.13 * iod / (0.4 * px)) ** 2))
         corner = 1.0 - 0.5 * u ** 4 - 0.15 * u * u

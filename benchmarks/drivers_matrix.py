@@ -46,7 +46,9 @@ def summary(rows: list[dict]) -> str:
              f"yaw gain {fmt(_median(rows, 'yaw_gain'))} (target >= 0.7), pitch gain {fmt(_median(rows, 'pitch_gain'))}, "
              f"jitter ratio {fmt(_median(rows, 'jitter_ratio'))}, identity {fmt(_median(rows, 'identity_median'))}",
              f"mouth r >= 0.85 on {sum(m >= 0.85 for m in mouth)}/{len(rows)} pairs (lowest {fmt(min(mouth) if mouth else None)}); "
-             f"identity <= 0.35 on {sum(r['identity_median'] <= 0.35 for r in rows)}/{len(rows)}"]
+             f"identity <= 0.35 on {sum(r['identity_median'] <= 0.35 for r in rows)}/{len(rows)}; "
+             f"driver blinks of 4+ frames shown shut: {sum(r['blinks_shown'] or 0 for r in rows)}"
+             f"/{sum(r['blinks_driver'] or 0 for r in rows)}"]
     return "\n".join(lines)
 
 
@@ -65,8 +67,8 @@ def main() -> int:
     drivers = sorted((ASSETS / "drivers").iterdir()) if not args.drivers else [ASSETS / "drivers" / d for d in args.drivers]
     rows = []
     print("| driver | portrait | frames in/out | fps in/out | audio in/out (s) | fps made | identity median "
-          "| mouth r | eyes r | yaw r | pitch r | yaw gain | pitch gain | jitter ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| mouth r | eyes r | yaw r | pitch r | yaw gain | pitch gain | jitter ratio | blinks shown |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for driver in drivers:
             n_in, fps_in, a_in, _ = streams(driver)
@@ -86,13 +88,14 @@ def main() -> int:
                            yaw_r=measures["motion"]["yaw_corr"], pitch_r=measures["motion"]["pitch_corr"],
                            yaw_gain=measures["motion"]["yaw_gain"], pitch_gain=measures["motion"]["pitch_gain"],
                            mouth_gain=measures["motion"]["mouth_gain"], eyes_gain=measures["motion"]["eyes_gain"],
-                           jitter_ratio=measures["jitter"]["ratio"])
+                           jitter_ratio=measures["jitter"]["ratio"], blinks_driver=measures["motion"]["blinks_driver"],
+                           blinks_shown=measures["motion"]["blinks_shown"])
                 rows.append(row)
                 fmt = lambda x: "-" if x is None else f"{x:.2f}"
                 print(f"| {driver.name} | {name} | {n_in}/{n_out} | {fps_in:.3g}/{fps_out:.3g} | {fmt(a_in)}/{fmt(a_out)} "
                       f"| {row['fps_made']:.1f} | {row['identity_median']:.3f} | {fmt(row['mouth_r'])} | {fmt(row['eyes_r'])} "
                       f"| {fmt(row['yaw_r'])} | {fmt(row['pitch_r'])} | {fmt(row['yaw_gain'])} | {fmt(row['pitch_gain'])} "
-                      f"| {fmt(row['jitter_ratio'])} |",
+                      f"| {fmt(row['jitter_ratio'])} | {row['blinks_shown']}/{row['blinks_driver']} |",
                       flush=True)
     good = sum(r["ok"] for r in rows)
     worst = max(r["identity_median"] for r in rows)

@@ -234,3 +234,18 @@ def test_plot_series_draws_output_against_driver(tmp_path):
     plot_series(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no partial file left
+
+
+def test_blinks_counted_and_shown():
+    from reenact.evaluate.face import blinks, blinks_shown
+
+    eyes = np.full(60, 0.3)
+    eyes[10:13] = 0.15  # 3 frames: too short to count
+    eyes[30:36] = 0.15  # a 6-frame blink
+    eyes[50:55] = 0.16
+    assert blinks(eyes) == [(30, 36), (50, 55)]
+    out = np.full(60, 0.4)
+    out[31:35] = 0.2  # the output shuts its eyes for the first one only
+    assert blinks_shown(out, eyes) == (2, 1)
+    report = motion_measures(talking(60), talking(60))
+    assert report["blinks_driver"] == report["blinks_shown"]

@@ -115,6 +115,31 @@ def jitter(landmarks: np.ndarray, found: np.ndarray | None = None) -> float | No
     return float(acc.mean() / face_size(landmarks, found))
 
 
+def blinks(eyes: np.ndarray, closed: float = 0.7, min_frames: int = 4) -> list[tuple[int, int]]:
+    """Runs of frames (start, end exclusive) at least `min_frames` long where the eye aspect ratio is under
+    `closed` times its open level (75th percentile over the clip): blinks and shut eyes."""
+    eyes = np.asarray(eyes, np.float64)
+    if len(eyes) == 0:
+        return []
+    shut = np.r_[False, eyes < closed * np.percentile(eyes, 75), False]
+    edges = np.flatnonzero(np.diff(shut.astype(int)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= min_frames]
+
+
+def blinks_shown(output_eyes: np.ndarray, driver_eyes: np.ndarray, closed: float = 0.7,
+                 min_frames: int = 4) -> tuple[int, int]:
+    """(driver blinks of at least `min_frames` frames, how many of them the output shows as a shut eye).
+
+    A blink shows when the output's eye aspect ratio, within a frame of the
+    driver's run, falls under `closed` times the output's own open level.
+    """
+    events = blinks(driver_eyes, closed, min_frames)
+    out = np.asarray(output_eyes, np.float64)
+    level = closed * np.percentile(out, 75) if len(out) else 0.0
+    shown = sum(bool(out[max(a - 1, 0):b + 1].min() < level) for a, b in events)
+    return len(events), shown
+
+
 PROXIES = {"mouth": pose.mouth_opening, "eyes": pose.eye_opening, "yaw": pose.yaw, "pitch": pose.pitch}
 
 
@@ -150,6 +175,7 @@ def motion_measures(output: np.ndarray, driver: np.ndarray, output_found: np.nda
         "expression_static_error": landmark_error(np.zeros_like(eb), eb),
         **{f"{name}_corr": pearson(fn(output), fn(driver)) for name, fn in PROXIES.items()},
         **{f"{name}_gain": gain(fn(output), fn(driver)) for name, fn in PROXIES.items()},
+        **dict(zip(("blinks_driver", "blinks_shown"), blinks_shown(pose.eye_opening(output), pose.eye_opening(driver)))),
     }
 
 
@@ -226,7 +252,7 @@ def evaluate_face(
                 "frames_output": n, "frames_driver": drv.n_frames, "no_face_frames": n,
                 "driver_no_face_frames": drv.n_missing, "identity": identity_stats(np.empty(0)),
                 "motion": {"landmark_error": None, "static_error": None, "expression_error": None,
-                           "expression_static_error": None,
+                           "expression_static_error": None, "blinks_driver": None, "blinks_shown": None,
                            **{f"{k}_{m}": None for m in ("corr", "gain") for k in PROXIES}},
                 "jitter": {"output": None, "driver": jitter(drv.raw, drv.found), "ratio": None}}
 
@@ -434,6 +460,9 @@ def format_face_report(report: dict) -> str:
            f"Pearson vs driver, {note} (gain {_f(motion[f'{name}_gain'], 2)}: output/driver spread)")
           for name, note in _PROXY_NOTES.items()],
     ]
+    if motion.get("blinks_driver") is not None:
+        rows.append(("blinks shown", f"{motion['blinks_shown']}/{motion['blinks_driver']}",
+                     "driver's shut eyes of 4+ frames (EAR under 0.7 of its open level) shut in the output too"))
     rows.append(("jitter", f"{_f(jit['output'], 4)} / {_f(jit['driver'], 4)}",
                  f"output / driver, landmark acceleration per frame in face sizes (ratio {_f(jit['ratio'], 2)})"))
     w0 = max(len(r[0]) for r in rows)

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.files import atomic_write
 from reenact.face import pose
 from reenact.face.detect import Face, FaceDetector, FaceEmbedder, Track, TrackConfig, choose_face, track
 from reenact.media.image import load_image
@@ -418,14 +418,11 @@ def plot_series(report: dict, path: Path) -> None:
     axes[-1].set_xlabel("seconds")
     fig.suptitle(f"{Path(report['video']).name}: output vs driver ({Path(report['driver']).name})", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # written whole, then renamed
     try:
-        fig.savefig(partial, dpi=90)
-        os.replace(partial, path)
+        with atomic_write(path) as tmp:  # the suffix stays: matplotlib picks the format from it
+            fig.savefig(tmp, dpi=90)
     finally:
         plt.close(fig)
-        partial.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- report

@@ -1,31 +1,35 @@
-"""The landmark backend: relative landmark motion transfer and a thin-plate-spline warp.
+"""The landmark backend: relative landmark motion, a 3-D mean face for head turns, and a thin-plate-spline warp.
 
 No learned weights. For each driver frame:
 
-1. Motion. The driver's 68 landmarks are split into a global similarity
-   (reference frame -> this frame, fitted on stable points: eye corners, nose)
-   and a local residual expressed in the reference frame. The residual is
-   carried into the source's frame by the similarity that maps the driver's
-   reference face onto the source face (so it is normalised for position, scale
-   and roll), added to the source's landmarks with a gain per region (full
-   gains carry the driver's face shape and cost identity), and the head
-   similarity is then applied conjugated into the source frame. The mouth
-   opening follows the driver's inner-lip gap; eyelids move by ratio to the
-   driver's reference gap, so a blink closes the source's eyes whatever their
-   size; lips and lids never cross.
+1. Motion. A 3-D mean face fitted to the driver's 68 landmarks gives the
+   head's out-of-plane turn (yaw, pitch) since the reference frame; the
+   reference, turned by it, predicts every point with parallax. A similarity
+   (stable points: eye corners, nose) fitted to that prediction carries the
+   head's translation, roll and scale; the rest is the face's own motion in
+   the reference frame. It is carried into the source by the similarity that
+   maps the driver's reference face onto the source face, added to the
+   source's landmarks with a gain per region (full gains carry the driver's
+   face shape and cost identity); eyelids follow the driver's eye aspect
+   ratio against its own open-eye baseline; the mouth opening follows the
+   driver's inner-lip gap, and its lower lip's and chin's drop where the gap
+   hides (a moustache); lips and lids never cross. The source's points are
+   then turned in 3-D about its own head centre (depth from the mean face
+   fitted to the source) and moved by the head similarity.
 2. Warp. Extra control points make the rest of the head follow: forehead
-   points, crease points between lids and brows, a ring around the head (its
-   lower part moving less, the body stays), and fixed anchors on the crop
-   border. A thin-plate spline from target points to source points is
+   points, crease points between lids and brows, a ring around the head (not
+   turned; its lower part moving less, the body stays), and fixed anchors on
+   the crop border. A thin-plate spline from target points to source points is
    evaluated on a coarse grid, its displacement faded to exactly zero at the
    crop border, upsampled, and the source crop is resampled with `cv2.remap`
-   (backward mapping: no holes). Over a shut eye the maps are overridden so
-   the upper lid's skin covers it (a smooth warp only squeezes it to a slit).
-3. Mouth. Where the target inner lips open wider than the source's, the gap is
-   filled with the driver's own mouth interior (teeth, tongue), warped onto the
-   target inner-lip polygon, brought into the source's lighting and kept darker
-   than the lips, with a feathered edge; without driver images a synthetic dark
-   mouth with a teeth band is drawn instead.
+   (backward mapping: no holes). Inside the eyes the maps move the irises as
+   the driver's move (gaze).
+3. Paint. A shut eye gets a closed lid painted from the source's own lid and
+   under-eye skin, with a lash line. Where the target inner lips open wider
+   than the source's, the mouth is filled: the source's own interior (its
+   teeth, at their size) where it shows one, else a drawn one (shaded cavity,
+   teeth coloured like the source's eye whites, tongue), or the driver's
+   interior recoloured with `driver_mouth=True`.
 
 All complex arithmetic below treats a point (x, y) as x + iy, so a similarity
 is z -> a z + b with a complex `a` (scale and rotation). docs/landmark-backend.md

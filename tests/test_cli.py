@@ -93,3 +93,10 @@ def test_help_explains_options() -> None:
     assert result.exit_code == 0
     for option in ("--backend", "--size", "--reference", "--face-index", "--crf", "--no-paste-back"):
         assert option in result.output
+
+
+def test_evaluate_face_plot_needs_an_image_name(tmp_path):
+    result = run("evaluate", "face", str(tmp_path / "out.mp4"), "--source", str(tmp_path / "a.png"),
+                 "--driver", str(tmp_path / "d.mp4"), "--plot", str(tmp_path / "plot.txt"))
+    assert result.exit_code == 2 and "--plot needs a .png" in result.output
+    assert not (tmp_path / "plot.txt").exists()

@@ -129,7 +129,7 @@ def test_blink_closes_the_eyes():
         box = lm[eye].mean(0).astype(int)
         before = image[box[1] - 2:box[1] + 3, box[0] - 3:box[0] + 4].mean()
         after = out[box[1] - 2:box[1] + 3, box[0] - 3:box[0] + 4].mean()
-        assert before < 80 and after > 120  # the dark eye is covered by skin
+        assert before < 80 and after > 110  # the dark eye is covered by skin (and a lash line)
 
 
 def test_warp_fades_to_identity_at_the_border():
@@ -223,7 +223,7 @@ def test_closed_eye_driver_gives_a_closed_eye_output_against_its_own_open_baseli
     for upper, lower in [(37, 41), (38, 40), (43, 47), (44, 46)]:
         shut[upper] = shut[lower] - (0, 1.5)  # dlib's shut eye: lids close, not quite together
     closed = backend.animate([DriverFrame(20, shut)])[0]
-    assert _eye_darkness(closed, lm) > 130  # skin, not the dark eye
+    assert _eye_darkness(closed, lm) > 110  # skin (and a lash line), not the dark eye (about 40)
     skin = image[int(lm[29, 1]), int(lm[29, 0]) - 20].astype(float)  # cheek skin colour
     centre = lm[36:42].mean(0).astype(int)
     assert np.abs(closed[centre[1] - 2, centre[0]] - skin).max() < 40

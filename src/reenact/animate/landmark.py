@@ -583,7 +583,7 @@ class LandmarkBackend:
             t = np.clip((ys - top) / np.maximum(bottom - top, 1e-3), 0, 1)[..., None]
             fill = above * (1 - t) + below * t
             shade = 1.0 - 0.12 * np.clip(1 - np.abs(ys - line) / max(up, 1e-3), 0, 1)  # the lid rounds into the fold
-            lash = 1.0 - 0.55 * np.exp(-(((ys - line) / (0.8 * px)) ** 2)) * np.clip(profile * 3, 0, 1)
+            lash = 1.0 - 0.8 * np.exp(-(((ys - line) / (1.3 * px)) ** 2)) * np.clip(profile * 3, 0, 1)
             fill *= (shade * lash)[..., None].astype(np.float32)
             inside = np.clip((ys - top) / np.maximum(0.35 * (line - top), 1e-3), 0, 1) * (ys <= bottom)  # soft top
             mask = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.8 * px) * amount

@@ -228,8 +228,8 @@ def test_plot_series_draws_output_against_driver(tmp_path):
     found = np.ones(60, bool)
     found[10:13] = False
     report = {"video": "out.mp4", "driver": "drv.mp4", "motion": motion_measures(output, driver),
-              "series": proxy_series(output, driver, found, found, 25.0)}
-    assert len(report["series"]["mouth"]["output"]) == 60
+              "proxies": proxy_series(output, driver, found, found, 25.0)}
+    assert len(report["proxies"]["mouth"]["output"]) == 60
     path = tmp_path / "plot.png"
     plot_series(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

@@ -202,9 +202,9 @@ def evaluate_face(
     with progress_display(not as_json) as progress:
         report = run(video, source, driver, identity_samples=samples, progress=progress, series=plot is not None)
     if plot is not None:
-        if "series" in report:
+        if "proxies" in report:
             plot_series(report, plot)
-            report.pop("series")
+            report.pop("proxies")
         else:
             logging.getLogger(__name__).warning("no face in any output frame: nothing to plot")
     if as_json:

@@ -227,7 +227,7 @@ def evaluate_face(
     """Identity, motion fidelity, jitter and lost faces of `video` (made from `source` and `driver`).
 
     Returns a JSON-serialisable dict; measures that cannot be computed are None.
-    With `series`, it also holds the per-frame proxies (`report["series"]`: mouth,
+    With `series`, it also holds the per-frame proxies (`report["proxies"]`: mouth,
     eyes, yaw, pitch of output and driver, and which frames had a face) for `plot_series`.
     """
 
@@ -274,7 +274,7 @@ def evaluate_face(
                     video, out.n_frames, drv.n_frames, n)
     motion = motion_measures(out.landmarks[:n], drv.landmarks[:n], out.found[:n], drv.found[:n])
     j_out, j_drv = jitter(out.raw, out.found), jitter(drv.raw, drv.found)
-    extra = {"series": proxy_series(out.landmarks[:n], drv.landmarks[:n], out.found[:n], drv.found[:n],
+    extra = {"proxies": proxy_series(out.landmarks[:n], drv.landmarks[:n], out.found[:n], drv.found[:n],
                                     probe(driver).fps)} if series else {}
     return {
         "video": str(video), "source": str(source), "driver": str(driver),
@@ -395,7 +395,7 @@ def plot_series(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series, motion = report["series"], report["motion"]
+    series, motion = report["proxies"], report["motion"]
     fps = series["fps"] or 25.0
     titles = {"mouth": "mouth opening (inner-lip gap / eye distance)", "eyes": "eye opening (eye aspect ratio)",
               "yaw": "yaw (left-right turn proxy, from frame 0)", "pitch": "pitch (nod proxy, from frame 0)"}

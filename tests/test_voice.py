@@ -185,7 +185,7 @@ def test_prepare_splits_at_pauses_and_resumes(tmp_path):
 
 def test_small_dataset_is_refused(tmp_path):
     sf.write(tmp_path / "a.wav", speechlike(20, sr=16000, seed=5), 16000)
-    with pytest.raises(ReenactError, match=r"at least 1 min is needed"):
+    with pytest.raises(ReenactError, match=r"at least 0.5 min of voiced speech"):
         train_voice(tmp_path, tmp_path / "m.safetensors", TrainConfig(workers=1))
     with pytest.raises(ReenactError, match="must end in .safetensors"):
         train_voice(tmp_path, tmp_path / "m.txt", TrainConfig(workers=1))

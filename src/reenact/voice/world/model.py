@@ -93,7 +93,7 @@ class TrainConfig:
     # ppg-net, dio for the others (by measurement, docs/voice.md); the model file records the one chosen
     net: NetConfig = field(default_factory=NetConfig)  # ppg-net: the network and its training
     max_pool: int = 120_000  # target frames kept for the search
-    min_minutes: float = 1.0  # of voiced speech; smaller datasets are refused
+    min_minutes: float = 0.5  # of voiced speech (about a minute of talking: half of speech is voiced); less is refused
     workers: int = 2
     seed: int = 0
 
@@ -312,8 +312,8 @@ def train_voice(dataset_dir: Path, out_path: Path, config: TrainConfig | None = 
     if speech_seconds < 60 * config.min_minutes:
         raise ReenactError(
             f"dataset has {speech_seconds / 60:.2f} min of voiced speech in {seconds / 60:.2f} min of audio (the "
-            f"rest is silence, noise or unvoiced); at least {config.min_minutes:g} min is needed (10 to 20 min "
-            f"recommended)", dataset_dir)
+            f"rest is silence, noise or unvoiced); at least {config.min_minutes:g} min of voiced speech, about "
+            f"{2 * config.min_minutes:g} min of talking, is needed (10 to 20 min recommended)", dataset_dir)
     f0 = np.concatenate([p["f0"] for p in parts])
     lf0_mean, lf0_std, _ = F.lf0_stats(f0)
     ltas = sum(p["ltas_sum"] for p in parts) / max(1, sum(p["ltas_n"] for p in parts))

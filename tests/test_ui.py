@@ -423,7 +423,7 @@ def test_subject_with_speech_revoices_in_the_browser(server: dict, page,
 def test_launch_options_are_safe(tmp_path: Path) -> None:
     pytest.importorskip("gradio", reason="needs gradio (pip install -e '.[ui]')")
     from reenact.ui.app import launch_options
-    from reenact.ui.server import UIConfig
+    from reenact.ui.config import UIConfig
 
     options = launch_options(UIConfig(host="0.0.0.0", auth=("u", "p"), work_dir=tmp_path, max_upload_mb=3))
     assert options["share"] is False and options["auth"] == ("u", "p") and options["server_name"] == "0.0.0.0"

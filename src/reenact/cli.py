@@ -449,7 +449,8 @@ def ui(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show diagnostic messages."),
 ) -> None:
     """A web UI in the browser: subjects, make, verify, models. Local only by default, never a public link."""
-    from reenact.ui.server import UIConfig, check_access, default_work_dir, parse_auth, serve
+    from reenact.ui.config import UIConfig, default_work_dir
+    from reenact.ui.server import check_access, parse_auth, serve
 
     _setup_logging(verbose)
     credentials = parse_auth(auth)

@@ -4,11 +4,17 @@ that fails or is interrupted leaves the previous file (or none), never a half-wr
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 def temporary_path(path: str | Path, tag: str = "partial") -> Path:
@@ -22,9 +28,6 @@ def clear_stale_partials(path: str | Path) -> list[Path]:
     """Remove the temporary files that earlier runs writing `path` left when they were killed: hidden files
     beside it named ``.STEM[.SUFFIX].PID.TAG...`` (as `temporary_path` names them, also nested) whose process
     is gone. Files of running processes, and any other file, are left alone. Returns the files removed."""
-    import logging
-    import re
-
     path = Path(path)
     pattern = re.compile(rf"^\.+{re.escape(path.stem)}(?:{re.escape(path.suffix)})?\.(\d+)\.([A-Za-z]+)\b")
     removed = []
@@ -45,8 +48,8 @@ def clear_stale_partials(path: str | Path) -> list[Path]:
         except OSError:
             continue
     if removed:
-        logging.getLogger(__name__).info("removed %d temporary file(s) left by interrupted runs: %s",
-                                         len(removed), ", ".join(p.name for p in removed))
+        log.info("removed %d temporary file(s) left by interrupted runs: %s",
+                 len(removed), ", ".join(p.name for p in removed))
     return removed
 
 
@@ -86,9 +89,6 @@ def atomic_write(path: str | Path, mode: int | None = None) -> Iterator[Path]:
 def replace_together(moves: list[tuple[Path, Path]]) -> None:
     """os.replace each (temporary, final) pair with SIGINT and SIGTERM held back, so an interruption
     lands before the first rename or after the last, never between them."""
-    import signal
-    import threading
-
     held = {signal.SIGINT, signal.SIGTERM}
     main = threading.current_thread() is threading.main_thread()
     if main:

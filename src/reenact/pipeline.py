@@ -398,7 +398,6 @@ def make(subject_name: str, driver_path: str | Path, output: str | Path, config:
     """
     import json
 
-
     config = config or MakeConfig()
     report_fn = progress or (lambda stage, done, total: None)
     driver_path, output = Path(driver_path), check_output_path(output, (".mp4",))

@@ -16,13 +16,13 @@ Images are RGB uint8 (size, size, 3).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.registry import lookup
 from reenact.face.align import CropConfig
 
 
@@ -84,10 +84,7 @@ BACKENDS: dict[str, str] = {
 
 def backend_class(name: str) -> type:
     """The class of a registered backend (imported only when asked for)."""
-    if name not in BACKENDS:
-        raise ReenactError(f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}")
-    module_name, factory = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module_name), factory)
+    return lookup(BACKENDS, name, f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}")
 
 
 def resolve_size(cls: type, size: int | str, face_side: float, options: dict) -> int:

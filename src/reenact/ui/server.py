@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from reenact.errors import ReenactError
-from reenact.ui.config import UIConfig, default_work_dir  # noqa: F401 - the settings, re-exported for callers
+from reenact.ui.config import UIConfig
 
 log = logging.getLogger(__name__)
 

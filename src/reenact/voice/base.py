@@ -12,13 +12,13 @@ and an option the backend does not take is refused with one line instead of bein
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from reenact.errors import ReenactError
+from reenact.registry import lookup
 from reenact.voice.signal import pause_pieces
 
 Progress = Callable[[int, int], None]  # progress(done, total); total 0 while not known
@@ -61,10 +61,9 @@ VOICE_BACKENDS: dict[str, str] = {
 
 
 def backend_class(name: str) -> type:
-    if name not in VOICE_BACKENDS:
-        raise ReenactError(f"unknown voice backend {name!r}; choose one of: auto, {', '.join(VOICE_BACKENDS)}")
-    module, cls = VOICE_BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class of a registered voice backend (imported only when asked for)."""
+    return lookup(VOICE_BACKENDS, name,
+                  f"unknown voice backend {name!r}; choose one of: auto, {', '.join(VOICE_BACKENDS)}")
 
 
 def detect_backend(model: str | Path) -> str:

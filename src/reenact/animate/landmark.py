@@ -305,6 +305,7 @@ class LandmarkBackend:
         scale = float(np.linalg.norm(src3[42:48, :2].mean(0) - src3[36:42, :2].mean(0)))
         self._extra_depth = self._src_depth[self._follow] + 0.1 * scale
         self._ear_seen = [float(self._ref_ear.mean())] * 10
+        self._lip_history: list[tuple[float, float, float]] = []  # (gap, lip drop / 1.4, unexplained drop)
         self._previous = None
         self._previous_forward = None
         self._openness = 1.0
@@ -430,8 +431,15 @@ class LandmarkBackend:
 
     def _driver_opening(self, normalised: np.ndarray, turned_ref: np.ndarray) -> float:
         """The driver's inner-lip gap, plus the part of its lower lip's and chin's drop (since the reference)
-        that the gap's own change does not explain: a moustache, a beard or a misread inner lip hides the
-        gap, not the jaw. A margin keeps pushed-out lips and nods from opening a closed mouth."""
+        that the gap's own change does not explain, where the gap is hidden: a moustache or a beard hides the
+        gap, not the jaw.
+
+        Hidden means: over the last frames, the lower lip went up and down (by 0.02 eye distances or more)
+        while the gap hardly followed (its spread under half the lip's, which moves 1.4 times as far as the
+        gap on a bare mouth; on the shared drivers the ratio is 0.6-4). On a bare mouth the term is off: a
+        nod or pushed-out lips move the lower lip without opening the mouth (tpsmm_driving held a closed
+        mouth open). The drop is measured against its own floor in the last two seconds, and a margin keeps
+        small movements from opening a closed mouth."""
         down = self._down_ref
         inner = _gaps(normalised, LIP_PAIRS, down).mean()
         drop = lambda w, i: ((w[i] - w[33]) / down).real  # noqa: E731  height of point i under the nose
@@ -440,7 +448,19 @@ class LandmarkBackend:
         # Measured on real speech (vox_driving2): the outer lower lip drops about 1.4 times as far as the gap
         # opens, the chin 0.6 times, and the chin also moves on its own; both must agree.
         unexplained = min(lip / 1.4, chin / 0.6) - (inner - self._ref_lip)
-        return inner + self.config.jaw_opening * max(0.0, unexplained - 0.06 * self._ref_iod)
+        history = self._lip_history
+        history.append((inner, lip / 1.4, unexplained))
+        if len(history) > 150:
+            del history[0]
+        if self.config.jaw_opening <= 0 or len(history) < 10:
+            return inner
+        h = np.asarray(history)
+        lip_spread = h[:, 1].std()
+        if lip_spread < 0.02 * self._ref_iod:
+            return inner
+        hidden = float(np.clip((0.5 - h[:, 0].std() / lip_spread) / 0.25, 0.0, 1.0))
+        floor = max(float(np.percentile(h[-50:, 2], 10)), 0.0)
+        return inner + self.config.jaw_opening * hidden * max(0.0, unexplained - floor - 0.06 * self._ref_iod)
 
     def _limit_rotation_scale(self, a: complex) -> complex:
         """Soft limits on the head's scale change and roll (tanh), as for its translation."""

@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
-OUTPUT_ID = "drivers-matrix"  # one watermark pattern for every output: reproducible measures
+OUTPUT_ID = "5e1ec7ed-0000-4000-8000-000000000018"  # one watermark pattern for every output: reproducible measures
 
 
 def streams(path: Path) -> tuple[int, float, float | None, float]:

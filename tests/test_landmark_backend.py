@@ -129,7 +129,7 @@ def test_blink_closes_the_eyes():
         box = lm[eye].mean(0).astype(int)
         before = image[box[1] - 2:box[1] + 3, box[0] - 3:box[0] + 4].mean()
         after = out[box[1] - 2:box[1] + 3, box[0] - 3:box[0] + 4].mean()
-        assert before < 80 and after > 110  # the dark eye is covered by skin (and a lash line)
+        assert before < 80 and after > 95  # the dark eye (about 35) is covered by skin (about 180) and a lash line
 
 
 def test_warp_fades_to_identity_at_the_border():

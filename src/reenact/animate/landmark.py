@@ -114,6 +114,9 @@ class LandmarkConfig:
     lid_skin: float = 1.0  # how tall a band of upper-lid skin (relative to the covered height) is stretched over it
     eye_ratio: bool = True  # eyelids follow the driver's lid gap by ratio (blinks always close)
     eye_closed: float = 0.5  # the driver's eye aspect ratio, over its open-eye baseline, read as a shut eye
+    lid_shut: float = 0.45  # a closed lid is painted over eyes less open than this (0 shut, 1 open) ...
+    lid_full: float = 0.15  # ... fully at this openness and below (a blink reads 0.1-0.2: no eye shows through)
+    lash: float = 1.9  # half-width (px at 256) of the dark lash line on a painted closed lid (dlib reads it)
     max_eye_ratio: float = 1.1  # eyes open at most this much wider than the source's
     jaw: float = 0.3  # gain on the jaw outline's local motion (mostly 2-D shadows of head turns)
     brows: float = 0.5  # gain on the brows' local motion
@@ -573,7 +576,8 @@ class LandmarkBackend:
         lid skin above the eye and the skin under the lower lid, blended from one
         to the other, so it matches the face's colour and lighting.
         """
-        amount = float(np.clip(1.0 - self._openness / 0.45, 0.0, 1.0))
+        cfg = self.config
+        amount = float(np.clip((cfg.lid_shut - self._openness) / (cfg.lid_shut - cfg.lid_full), 0.0, 1.0))
         if amount <= 0.0:
             return
         s = self.size
@@ -603,7 +607,7 @@ class LandmarkBackend:
             t = np.clip((ys - top) / np.maximum(bottom - top, 1e-3), 0, 1)[..., None]
             fill = above * (1 - t) + below * t
             shade = 1.0 - 0.12 * np.clip(1 - np.abs(ys - line) / max(up, 1e-3), 0, 1)  # the lid rounds into the fold
-            lash = 1.0 - 0.8 * np.exp(-(((ys - line) / (1.3 * px)) ** 2)) * np.clip(profile * 3, 0, 1)
+            lash = 1.0 - 0.8 * np.exp(-(((ys - line) / (cfg.lash * px)) ** 2)) * np.clip(profile * 3, 0, 1)
             fill *= (shade * lash)[..., None].astype(np.float32)
             inside = np.clip((ys - top) / np.maximum(0.35 * (line - top), 1e-3), 0, 1) * (ys <= bottom)  # soft top
             mask = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.8 * px) * amount

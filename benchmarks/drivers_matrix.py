@@ -83,6 +83,8 @@ def main() -> int:
     parser.add_argument("--backend", default="landmark")
     parser.add_argument("--size", default="auto", help="256, 512 or auto (the CLI's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a backend option (repeatable), e.g. --option turn=0.7")
     parser.add_argument("--ceiling", action="store_true",
                         help="also measure each driver against itself scaled to 512 px and re-encoded")
     args = parser.parse_args()
@@ -90,6 +92,7 @@ def main() -> int:
     from reenact.evaluate.face import evaluate_face
     from reenact.pipeline import AnimateConfig, animate
 
+    options = {k: float(v) for k, v in (o.split("=", 1) for o in args.option)}
     drivers = sorted((ASSETS / "drivers").iterdir()) if not args.drivers else [ASSETS / "drivers" / d for d in args.drivers]
     rows = []
     print("| driver | portrait | frames in/out | fps in/out | audio in/out (s) | fps made | identity median "
@@ -103,7 +106,7 @@ def main() -> int:
                 t = time.perf_counter()
                 animate(ASSETS / "portraits" / name, driver, out,
                                  AnimateConfig(backend=args.backend, size=args.size if args.size == "auto" else int(args.size),
-                                               output_id=OUTPUT_ID))
+                                               output_id=OUTPUT_ID, backend_options=options))
                 seconds = time.perf_counter() - t
                 n_out, fps_out, a_out, _ = streams(out)
                 measures = evaluate_face(out, ASSETS / "portraits" / name, driver, identity_samples=16)

@@ -150,3 +150,15 @@ def test_closest_pose_avoids_frames_far_from_the_usual_head_position() -> None:
     frames = np.stack([FACE + 0.2 * k for k in range(9)] + [FACE + 60])  # last: same pose, far off
     frames[-1, [65, 66, 67], 1] -= 0.01  # and a hair closer to the source's mouth state
     assert pose.closest_pose(frames, FACE) != 9
+
+
+def test_closest_pose_skips_a_frame_caught_mid_blink() -> None:
+    """The best-matching pose with the eyes shut loses to a slightly worse one with them open (liax_driving5's
+    reference was mid-blink: every later blink then read as open eyes)."""
+    frames = np.stack([FACE + 0.0 for _ in range(6)])
+    for k in range(6):
+        frames[k, 27:36, 0] += 8.0 + k  # turned more in each frame ...
+    frames[0, 27:36, 0] = FACE[27:36, 0]  # ... except the first, posed like the source ...
+    for upper, lower in [(37, 41), (38, 40), (43, 47), (44, 46)]:
+        frames[0, upper] = frames[0, lower] - (0, 0.5)  # ... whose eyes are shut
+    assert pose.closest_pose(frames, FACE) == 1

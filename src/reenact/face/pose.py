@@ -80,7 +80,8 @@ def closest_pose(driver: np.ndarray, source: np.ndarray) -> int:
     """Index of the driver frame whose pose (and mouth/eye state) is closest to the source's.
 
     Head pose dominates; a closed mouth and open eyes like the source's break ties,
-    so relative motion starts from a matching expression. Frames where the head is far
+    so relative motion starts from a matching expression. A frame with the eyes shut (an eye aspect
+    ratio under 0.7 of the clip's open level, as in a blink) is taken only if every frame has them shut. Frames where the head is far
     from where it usually is in the clip, or nearer or further than usual, cost extra:
     relative motion measured from them would push every other frame's head far off.
     """
@@ -92,4 +93,8 @@ def closest_pose(driver: np.ndarray, source: np.ndarray) -> int:
     centre = driver.mean(axis=-2)
     offset = np.linalg.norm(centre - np.median(centre, axis=0), axis=-1) / max(float(typical), 1e-6)
     cost += offset**2 + (4.0 * np.log(np.maximum(scale, 1e-6) / max(float(typical), 1e-6))) ** 2
+    # Never a frame caught mid-blink while others have the eyes open: motion measured from shut eyes reads
+    # every open-eyed frame as eyes opened wide, and a shut-eye baseline hides the blinks themselves.
+    eyes = eye_opening(driver)
+    cost += 1e6 * (eyes < 0.7 * np.percentile(eyes, 75))
     return int(np.argmin(cost))

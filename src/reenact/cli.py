@@ -108,7 +108,7 @@ class Opt:
                              "landmark backend takes 512 when the portrait's face crop is 384 px or more, so a large face is "
                              "not blown up from 256; neural backends take their checkpoint's size).")
     reference = typer.Option("auto", help="Driver frame motion is measured from: 'first', 'auto' (the frame whose "
-                                  "pose is closest to the source's) or a frame number.")
+                                  "pose is closest to the source's, never one mid-blink) or a frame number.")
     driver_face_index = typer.Option(0, min=0, help="Which face of the driver to follow when it shows several (0 = "
                                          "largest in its first frame with a face).")
     crf = typer.Option(18, min=0, max=51, help="H.264 quality: lower is better and larger (18 is visually lossless).")

@@ -308,7 +308,7 @@ def test_mean_face_pose_fit_recovers_a_turn():
 
 def test_head_turn_moves_parts_with_parallax():
     """Yaw is a rotation: the nose tip moves further than the eyes' outer corners, and the output's yaw
-    proxy follows the driver's at nearly full gain (a 2-D warp of the residual reached about 0.4)."""
+    proxy follows the driver's at the turn's gain (0.8; a 2-D warp of the residual reached about 0.4)."""
     backend, image, lm = prepared()
     p3, centre, _ = _lift(lm)
     turned = _rotate(p3, centre, swing(np.array([np.sin(0.35), 0.0, np.cos(0.35)])))
@@ -317,7 +317,7 @@ def test_head_turn_moves_parts_with_parallax():
     for _ in range(10):  # let the steadiness filter settle
         target, _, _ = backend.targets(driver)
     gain = (yaw(target) - yaw(lm)) / (yaw(driver) - yaw(lm))
-    assert 0.8 < gain < 1.2
+    assert 0.7 < gain < 1.1
     nose, corners = target[30, 0] - lm[30, 0], (target[[36, 45], 0] - lm[[36, 45], 0]).mean()
     assert abs(nose) > abs(corners) + 3
     out = backend.animate([DriverFrame(1, driver)])[0]

@@ -125,10 +125,10 @@ class LandmarkConfig:
     mouth: float = 0.5  # gain on the lips' local motion (the opening itself is set separately)
     opening: float = 0.8  # gain on the mouth opening (1: the driver's gap scaled by face size opened visibly wider)
     jaw_opening: float = 1.0  # how far the lower lip's and chin's drop open the mouth (0: the inner-lip gap only)
-    turn: float = 0.85  # gain on the head's out-of-plane turn (yaw, pitch), applied in 3-D with the mean face
+    turn: float = 0.8  # gain on the head's out-of-plane turn (yaw, pitch), applied in 3-D with the mean face
     max_turn: float = 35.0  # ... softly limited to this many degrees
     turn_steady: float = 0.5  # weight of the new frame in a one-pole filter on the turn (1: off)
-    steady: float = 0.6  # weight of the new frame in a one-pole filter on head and non-lip motion (1: off)
+    steady: float = 0.4  # weight of the new frame in a one-pole filter on head and non-lip motion (1: off)
 
 
 # ------------------------------------------------------------------ geometry helpers

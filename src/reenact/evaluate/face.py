@@ -121,7 +121,7 @@ def blinks(eyes: np.ndarray, closed: float = 0.7, min_frames: int = 4) -> list[t
     eyes = np.asarray(eyes, np.float64)
     if len(eyes) == 0:
         return []
-    shut = np.r_[False, eyes < closed * np.percentile(eyes, 75), False]
+    shut = np.r_[False, pose.eyes_shut(eyes, closed), False]
     edges = np.flatnonzero(np.diff(shut.astype(int)))
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= min_frames]
 
@@ -134,9 +134,8 @@ def blinks_shown(output_eyes: np.ndarray, driver_eyes: np.ndarray, closed: float
     driver's run, falls under `closed` times the output's own open level.
     """
     events = blinks(driver_eyes, closed, min_frames)
-    out = np.asarray(output_eyes, np.float64)
-    level = closed * np.percentile(out, 75) if len(out) else 0.0
-    shown = sum(bool(out[max(a - 1, 0):b + 1].min() < level) for a, b in events)
+    shut = pose.eyes_shut(output_eyes, closed) if len(output_eyes) else np.zeros(0, bool)
+    shown = sum(bool(shut[max(a - 1, 0):b + 1].any()) for a, b in events)
     return len(events), shown
 
 

@@ -76,12 +76,19 @@ def pose_vector(lm: np.ndarray) -> np.ndarray:
     return np.stack([yaw(lm), pitch(lm), roll(lm), mouth_opening(lm), eye_opening(lm)], axis=-1)
 
 
+def eyes_shut(eyes: np.ndarray, closed: float = 0.7) -> np.ndarray:
+    """Which frames show the eyes shut: an eye aspect ratio under `closed` times the clip's open level
+    (its 75th percentile), as in a blink."""
+    eyes = np.asarray(eyes, np.float64)
+    return eyes < closed * np.percentile(eyes, 75)
+
+
 def closest_pose(driver: np.ndarray, source: np.ndarray) -> int:
     """Index of the driver frame whose pose (and mouth/eye state) is closest to the source's.
 
     Head pose dominates; a closed mouth and open eyes like the source's break ties,
-    so relative motion starts from a matching expression. A frame with the eyes shut (an eye aspect
-    ratio under 0.7 of the clip's open level, as in a blink) is taken only if every frame has them shut. Frames where the head is far
+    so relative motion starts from a matching expression. A frame with the eyes shut (`eyes_shut`,
+    as in a blink) is taken only if every frame has them shut. Frames where the head is far
     from where it usually is in the clip, or nearer or further than usual, cost extra:
     relative motion measured from them would push every other frame's head far off.
     """
@@ -95,6 +102,5 @@ def closest_pose(driver: np.ndarray, source: np.ndarray) -> int:
     cost += offset**2 + (4.0 * np.log(np.maximum(scale, 1e-6) / max(float(typical), 1e-6))) ** 2
     # Never a frame caught mid-blink while others have the eyes open: motion measured from shut eyes reads
     # every open-eyed frame as eyes opened wide, and a shut-eye baseline hides the blinks themselves.
-    eyes = eye_opening(driver)
-    cost += 1e6 * (eyes < 0.7 * np.percentile(eyes, 75))
+    cost += 1e6 * eyes_shut(eye_opening(driver))
     return int(np.argmin(cost))
